@@ -1,0 +1,10 @@
+"""What the adversary does: craft canaries, insert them, score aggregates, estimate epsilon."""
+
+from fedsim.canaries.estimators import (
+    EpsilonEstimate,
+    empirical_epsilon,
+    gaussians_epsilon,
+    gdp_epsilon,
+)
+
+__all__ = ["EpsilonEstimate", "empirical_epsilon", "gaussians_epsilon", "gdp_epsilon"]

@@ -1,0 +1,112 @@
+"""Local training and evaluation of one client: plain functions of (model, data, settings).
+
+Nothing here knows about Flower messages, so the same functions train a client inside a
+ClientApp, a design-pool mock client of the canary audit, or many clients in a loop.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedsim.data.base import ClientData
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How a client trains locally."""
+
+    epochs: int
+    batch_size: int
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.0
+    #: local DP-SGD (Opacus): per-sample clip norm and noise multiplier; None disables
+    dpsgd_clip_norm: float | None = None
+    dpsgd_noise_multiplier: float | None = None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What local training reports besides the trained weights."""
+
+    num_examples: int
+    mean_loss: float
+
+
+def _optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=settings.lr)
+    return torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum)
+
+
+def train_client(*, model: nn.Module, data: ClientData, settings: TrainSettings, seed: int) -> TrainResult:
+    """Train ``model`` in place on the client's training samples.
+
+    Batches are shuffled by a generator seeded with ``seed``. With DP-SGD settings the
+    training runs through Opacus (per-sample clipping, Gaussian noise, Poisson batches)
+    with its noise drawn from the same seeded generator.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    dataset = TensorDataset(data.x_train, data.y_train)
+    loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, generator=generator)
+    optimizer = _optimizer(model, settings)
+    trained: nn.Module = model
+    if settings.dpsgd_noise_multiplier is not None:
+        from opacus import PrivacyEngine  # imported lazily: only local-DP scenarios pay for it
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            engine = PrivacyEngine(accountant="rdp")
+            trained, optimizer, loader = engine.make_private(
+                module=model,
+                optimizer=optimizer,
+                data_loader=loader,
+                noise_multiplier=settings.dpsgd_noise_multiplier,
+                max_grad_norm=settings.dpsgd_clip_norm,
+                poisson_sampling=True,
+                noise_generator=generator,
+            )
+    trained.train()
+    loss_fn = nn.CrossEntropyLoss()
+    total_loss, batches = 0.0, 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(settings.epochs):
+            for x, y in loader:
+                if len(y) == 0:  # Poisson batches can be empty
+                    continue
+                optimizer.zero_grad()
+                loss = loss_fn(trained(x), y)
+                loss.backward()
+                optimizer.step()
+                total_loss += float(loss)
+                batches += 1
+    if trained is not model:
+        trained.remove_hooks()  # the Opacus wrapper trained ``model``'s own parameters
+    return TrainResult(num_examples=data.num_train, mean_loss=total_loss / max(batches, 1))
+
+
+@torch.no_grad()
+def evaluate_client(*, model: nn.Module, data: ClientData, batch_size: int = 256) -> tuple[float, int, int]:
+    """Summed loss, number correct and number of held-out samples of one client."""
+    model.eval()
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    loss_sum, correct = 0.0, 0
+    for start in range(0, data.num_test, batch_size):
+        x = data.x_test[start : start + batch_size]
+        y = data.y_test[start : start + batch_size]
+        logits = model(x)
+        loss_sum += float(loss_fn(logits, y))
+        correct += int((logits.argmax(dim=1) == y).sum())
+    return loss_sum, correct, data.num_test
+
+
+def local_steps(*, num_examples: int, batch_size: int, epochs: int) -> int:
+    """Optimiser steps of one local training (expected, for Poisson batches)."""
+    return epochs * max(1, math.ceil(num_examples / batch_size))

@@ -1,0 +1,5 @@
+"""``python -m fedsim`` runs the command line."""
+
+from fedsim.cli import main
+
+main()

@@ -1,0 +1,173 @@
+"""The ``fedsim`` command line (Typer)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fedsim.errors import FedsimError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Federated-learning simulator that measures privacy.")
+privacy_app = typer.Typer(no_args_is_help=True, help="Differential-privacy calculators.")
+app.add_typer(privacy_app, name="privacy")
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> None:
+    typer.echo(f"fedsim: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def friendly(command):
+    """Report fedsim errors as one line with exit code 2, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except FedsimError as error:
+            _fail(str(error))
+
+    return wrapper
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+@app.command()
+@friendly
+def run(
+    scenario: Annotated[Path, typer.Argument(help="Scenario YAML file, e.g. scenarios/quickstart.yaml")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a scenario key: key=value (repeatable)")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Parent folder of the run folders")] = Path("runs"),
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Attach to a running Ray cluster (HOST:PORT)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower and Ray logs")] = False,
+) -> None:
+    """Run a scenario: DP federated training on Flower + Ray, with per-round epsilon."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedsim.config import load_scenario
+    from fedsim.runner import run_scenario
+
+    resolved = load_scenario(scenario, overrides=set_ or [])
+    console = Console(stderr=True)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("acc {task.fields[acc]}  eps {task.fields[eps]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
+    task = progress.add_task(f"{resolved.name} round", total=resolved.rounds, acc="-", eps="-")
+    started: dict[str, Any] = {}
+
+    def on_start(store) -> None:
+        started["store"] = store
+        console.print(f"run folder: {store.path}")
+
+    def on_round(row: dict[str, Any]) -> None:
+        progress.update(task, advance=1, acc=_fmt(row["eval_accuracy"]), eps=_fmt(row["epsilon_cumulative_theory"], 2))
+        if not console.is_terminal:
+            console.print(
+                f"round {row['round']}/{resolved.rounds}  clients {row['clients']}  "
+                f"acc {_fmt(row['eval_accuracy'])}  eps {_fmt(row['epsilon_cumulative_theory'], 2)}"
+            )
+
+    try:
+        with progress:
+            result = run_scenario(
+                scenario=resolved, out_dir=out, ray_address=ray_address, verbose=verbose, on_round=on_round, on_start=on_start
+            )
+    except KeyboardInterrupt:
+        where = started.get("store")
+        typer.echo(f"fedsim: interrupted; finished rounds are kept in {where.path if where else out}", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    last = result.rows[-1]
+    typer.echo(
+        f"done: {len(result.rows)} rounds, final accuracy {_fmt(last['eval_accuracy'])}, "
+        f"epsilon {_fmt(last['epsilon_cumulative_theory'], 2)} at delta {resolved.dp.delta:g}"
+    )
+    typer.echo(f"results: {result.store.path}  (rounds.csv, manifest.json, scenario.yaml)")
+
+
+class AccountantChoice(str, Enum):
+    pld = "pld"
+    rdp = "rdp"
+
+
+class SamplingChoice(str, Enum):
+    poisson = "poisson"
+    without_replacement = "without-replacement"
+
+
+@privacy_app.command("epsilon")
+@friendly
+def privacy_epsilon(
+    sampling_rate: Annotated[float, typer.Option("--sampling-rate", help="q = clients per round / population")],
+    rounds: Annotated[int, typer.Option("--rounds", help="Number of rounds (compositions)")],
+    noise_multiplier: Annotated[float | None, typer.Option("--noise-multiplier", help="Noise multiplier z")] = None,
+    target_epsilon: Annotated[float | None, typer.Option("--target-epsilon", help="Print the z that reaches this epsilon")] = None,
+    delta: Annotated[float, typer.Option("--delta")] = 1e-5,
+    accountant: Annotated[AccountantChoice | None, typer.Option("--accountant", help="pld (default for poisson) or rdp")] = None,
+    sampling: Annotated[SamplingChoice, typer.Option("--sampling")] = SamplingChoice.poisson,
+    population: Annotated[int | None, typer.Option("--population", help="Population size (needed for without-replacement)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+) -> None:
+    """Epsilon of DP-FedAvg (or the noise multiplier for a target epsilon)."""
+    from fedsim.privacy import cumulative_epsilon, noise_multiplier_for_epsilon
+
+    if (noise_multiplier is None) == (target_epsilon is None):
+        raise FedsimError("give exactly one of --noise-multiplier and --target-epsilon")
+    sampling_name = "poisson" if sampling is SamplingChoice.poisson else "without_replacement"
+    if accountant is None:
+        accountant = AccountantChoice.pld if sampling_name == "poisson" else AccountantChoice.rdp
+    if sampling_name == "without_replacement" and population is None:
+        raise FedsimError("--sampling without-replacement needs --population N (the number of clients)")
+    common = dict(
+        sampling_rate=sampling_rate,
+        rounds=rounds,
+        delta=delta,
+        sampling=sampling_name,
+        population=population,
+        accountant=accountant.value,
+    )
+    result: dict[str, Any] = {k: v for k, v in common.items() if v is not None}
+    if target_epsilon is not None:
+        z = noise_multiplier_for_epsilon(target_epsilon=target_epsilon, **common)
+        result.update(noise_multiplier=z, epsilon=cumulative_epsilon(noise_multiplier=z, **common), target_epsilon=target_epsilon)
+        text = f"noise multiplier {z:.4f} gives epsilon {result['epsilon']:.4f} at delta {delta:g} ({accountant.value})"
+    else:
+        eps = cumulative_epsilon(noise_multiplier=noise_multiplier, **common)
+        result.update(noise_multiplier=noise_multiplier, epsilon=eps)
+        text = f"epsilon {eps:.4f} at delta {delta:g} ({accountant.value}, {sampling.value} sampling)"
+    typer.echo(json.dumps(result) if as_json else text)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("fedsim: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+if __name__ == "__main__":
+    main()

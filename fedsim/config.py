@@ -1,0 +1,234 @@
+"""The scenario: one typed, frozen, validated description of a simulated run.
+
+A scenario comes from a YAML file plus ``--set key=value`` overrides and is validated
+once. Every error names the key, the bad value and what is allowed, on one line.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedsim.errors import ScenarioError
+
+DpMode = Literal["none", "server_fixed", "client_fixed", "server_adaptive", "local_dpsgd"]
+Sampling = Literal["poisson", "fixed"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Which federated data set, how many users, and how they are split."""
+
+    name: str = "synthetic"
+    root: str | None = None
+    num_clients: int = Field(100, ge=1)
+    design_pool: int = Field(20, ge=0, description="users reserved for the adversary")
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelConfig(_Section):
+    """Which model of the zoo, and its size."""
+
+    name: str = "logreg"
+    hidden: int = Field(64, ge=1)
+
+
+class ClientConfig(_Section):
+    """Local training on each sampled client."""
+
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(10, ge=1)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+
+
+class ServerConfig(_Section):
+    """How the server applies the (noisy) average update to the global model."""
+
+    optimizer: Literal["fedavg", "fedadam"] = "fedavg"
+    lr: float = Field(1.0, gt=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.99, ge=0, lt=1)
+    tau: float = Field(1e-3, gt=0)
+
+
+class AdaptiveConfig(_Section):
+    """Adaptive clipping (Andrew et al. 2021): the clip norm tracks a quantile."""
+
+    target_quantile: float = Field(0.5, gt=0, lt=1)
+    clip_lr: float = Field(0.2, gt=0)
+    count_noise_multiplier: float | None = Field(
+        None, gt=0, description="noise on the clipped count; default cohort/20"
+    )
+
+
+class DpConfig(_Section):
+    """Differential privacy of the aggregation (or of local training)."""
+
+    mode: DpMode = "server_fixed"
+    noise_multiplier: float = Field(1.0, ge=0)
+    clip_norm: float = Field(1.0, gt=0)
+    delta: float = Field(1e-5, gt=0, lt=1)
+    adaptive: AdaptiveConfig = AdaptiveConfig()
+
+
+class EvaluationConfig(_Section):
+    """Federated evaluation on the clients' held-out samples."""
+
+    every: int = Field(1, ge=1, description="evaluate every k-th round and the last")
+    clients: int | None = Field(None, ge=1, description="clients evaluated; all if unset")
+
+
+class RayConfig(_Section):
+    """Ray resources for the simulation."""
+
+    num_cpus_per_client: float = Field(1.0, gt=0)
+    num_gpus_per_client: float = Field(0.0, ge=0)
+    num_nodes: int = Field(32, ge=1, description="Flower supernodes that host clients")
+    address: str | None = Field(None, description="attach to this Ray cluster")
+    timeout_s: float = Field(60.0, gt=0, description="give up attaching after this")
+
+
+class Scenario(_Section):
+    """A whole simulated run."""
+
+    name: str = "scenario"
+    seed: int = 0
+    rounds: int = Field(10, ge=1)
+    clients_per_round: int = Field(10, ge=1)
+    sampling: Sampling = "poisson"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    client: ClientConfig = ClientConfig()
+    server: ServerConfig = ServerConfig()
+    dp: DpConfig = DpConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _check_cohort(self) -> Scenario:
+        if self.clients_per_round > self.data.num_clients:
+            raise ValueError(
+                f"clients_per_round ({self.clients_per_round}) exceeds data.num_clients "
+                f"({self.data.num_clients}); lower clients_per_round or add clients"
+            )
+        if self.dp.mode == "local_dpsgd" and self.dp.noise_multiplier == 0:
+            raise ValueError("dp.noise_multiplier must be > 0 for local_dpsgd (Opacus)")
+        return self
+
+    @property
+    def sampling_rate(self) -> float:
+        """q = clients_per_round / population."""
+        return self.clients_per_round / self.data.num_clients
+
+
+def _allowed(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """Describe what is allowed at a location of the scenario tree."""
+    fields = model.model_fields
+    for i, part in enumerate(loc):
+        if not isinstance(part, str) or part not in fields:
+            keys = ", ".join(sorted(fields))
+            return f"allowed keys here: {keys}"
+        annotation = fields[part].annotation
+        if i == len(loc) - 1:
+            args = get_args(annotation)
+            if args and all(isinstance(a, str) for a in args):
+                return "allowed: " + ", ".join(args)
+            if fields[part].description:
+                return fields[part].description
+            return ""
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            fields = annotation.model_fields
+        else:
+            return ""
+    return ""
+
+
+def _one_line(error: ValidationError) -> str:
+    """Turn pydantic's first error into one line naming key, value and what is allowed."""
+    first = error.errors()[0]
+    loc = tuple(first["loc"])
+    key = ".".join(str(p) for p in loc) or "scenario"
+    if first["type"] == "extra_forbidden":
+        parent = loc[:-1]
+        allowed = _allowed(Scenario, parent + ("\0",)) if parent else _allowed(Scenario, ("\0",))
+        return f"unknown scenario key '{key}'; {allowed}"
+    message = first["msg"].removeprefix("Value error, ")
+    if not loc:
+        return f"invalid scenario: {message}"
+    allowed = _allowed(Scenario, loc)
+    suffix = f"; {allowed}" if allowed and allowed not in message else ""
+    return f"scenario key '{key}': got {first.get('input')!r}: {message}{suffix}"
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ScenarioError(f"--set {dotted}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """Parse ``key=value`` strings; values are read as YAML scalars (1e-5, true, null)."""
+    parsed = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ScenarioError(f"--set expects key=value (e.g. dp.noise_multiplier=0.5), got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def scenario_from_dict(tree: dict[str, Any], *, overrides: list[str] | None = None) -> Scenario:
+    """Validate a scenario tree, after applying ``key=value`` overrides."""
+    tree = yaml.safe_load(yaml.safe_dump(tree))  # deep copy of plain data
+    for key, value in parse_overrides(overrides or []):
+        _set_path(tree, key, value)
+    try:
+        scenario = Scenario.model_validate(tree)
+    except ValidationError as error:
+        raise ScenarioError(_one_line(error)) from None
+    for name in ("noise_multiplier", "clip_norm"):
+        if not math.isfinite(getattr(scenario.dp, name)):
+            raise ScenarioError(f"scenario key 'dp.{name}' must be finite")
+    return scenario
+
+
+def load_scenario(path: str | Path, *, overrides: list[str] | None = None) -> Scenario:
+    """Read a YAML scenario file and validate it with its overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScenarioError(f"scenario file {str(path)!r} not found; pass a path such as scenarios/quickstart.yaml")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ScenarioError(f"scenario file {str(path)!r} is not valid YAML{where}; fix the syntax") from None
+    if not isinstance(tree, dict):
+        raise ScenarioError(f"scenario file {str(path)!r} must hold a mapping of keys (name:, rounds:, data:, ...)")
+    return scenario_from_dict(tree, overrides=overrides)
+
+
+def scenario_to_yaml(scenario: Scenario) -> str:
+    """The resolved scenario as YAML (what the run store keeps)."""
+    return yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False)

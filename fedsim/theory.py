@@ -1,0 +1,83 @@
+"""The theoretical epsilon of each round and of the run so far, from the accountant.
+
+Turns the scenario's DP mode and sampler into accounting events (fedsim.privacy) and
+keeps them composed round by round, at the scenario's one delta.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fedsim.clients.training import local_steps
+from fedsim.config import Scenario
+from fedsim.privacy import RoundAccountant, dpsgd_round_event, epsilon_for_event, gaussian_epsilon
+
+
+@dataclass(frozen=True)
+class TheoryEpsilon:
+    """Theoretical epsilons after one round."""
+
+    round: float  # this round alone: one Gaussian mechanism, no subsampling
+    cumulative: float  # all rounds so far, with the sampling the run really did (headline)
+    cumulative_rdp: float  # the same with the RDP accountant, for comparability
+
+
+class TheoryTracker:
+    """Composes each round's DP event and reports epsilons at the scenario's delta.
+
+    Central DP (user level): Gaussian with the aggregator's noise multiplier, sampled
+    as the run samples (Poisson: PLD headline; fixed cohort: RDP under replace-one,
+    the only accountant that covers it). Local DP-SGD (sample level): each round is
+    the DP-SGD of one local training on the smallest client (the worst case), composed
+    over all rounds without client-sampling amplification (an upper bound).
+    """
+
+    def __init__(self, *, scenario: Scenario, min_client_samples: int | None = None) -> None:
+        self.scenario = scenario
+        self.delta = scenario.dp.delta
+        self.mode = scenario.dp.mode
+        sampling = "poisson" if scenario.sampling == "poisson" else "without_replacement"
+        self.headline = "pld" if sampling == "poisson" else "rdp"
+        self.accountant = RoundAccountant(
+            delta=self.delta,
+            sampling=sampling,
+            population=scenario.data.num_clients,
+            cohort=scenario.clients_per_round,
+        )
+        self._local_event = None
+        if self.mode == "local_dpsgd":
+            n = max(1, min_client_samples or 1)
+            batch = min(scenario.client.batch_size, n)
+            self._local_event = (
+                dpsgd_round_event,
+                dict(
+                    noise_multiplier=scenario.dp.noise_multiplier,
+                    sample_rate=batch / n,
+                    steps=local_steps(num_examples=n, batch_size=batch, epochs=scenario.client.epochs),
+                ),
+            )
+        self.rounds = 0
+
+    def step(self, *, noise_multiplier: float) -> TheoryEpsilon:
+        """Account one more round released with ``noise_multiplier``."""
+        self.rounds += 1
+        if self.mode == "none":
+            return TheoryEpsilon(math.inf, math.inf, math.inf)
+        if self._local_event is not None:
+            import dp_accounting
+
+            make, kwargs = self._local_event
+            one = make(**kwargs)
+            total = dp_accounting.SelfComposedDpEvent(one, self.rounds)
+            return TheoryEpsilon(
+                round=epsilon_for_event(event=one, delta=self.delta, accountant="pld"),
+                cumulative=epsilon_for_event(event=total, delta=self.delta, accountant="pld"),
+                cumulative_rdp=epsilon_for_event(event=total, delta=self.delta, accountant="rdp"),
+            )
+        self.accountant.step(noise_multiplier=noise_multiplier)
+        return TheoryEpsilon(
+            round=gaussian_epsilon(noise_multiplier=noise_multiplier, delta=self.delta),
+            cumulative=self.accountant.epsilon(accountant=self.headline),
+            cumulative_rdp=self.accountant.epsilon(accountant="rdp"),
+        )
