@@ -239,10 +239,14 @@ def empirical_epsilon(
       be inf almost always, since at any t without false positives the FPR's lower limit
       is 0 (as Andrew et al. 2023 note, a threshold attack gives no real upper bound).
 
-    Multiple testing: the bound at each fixed t has the stated coverage, but maximising
-    over thresholds picks the luckiest one, so ``lower`` is slightly optimistic. Bounds at
-    neighbouring thresholds are strongly correlated and the effect is small in practice;
-    for a strict guarantee select the threshold on separate scores. With n scores per side
+    Multiple testing: the bound at each fixed t has the stated coverage (each one-sided
+    bound fails with probability <= (1 - confidence) / 2), but maximising over thresholds
+    picks the luckiest one, so ``lower`` is somewhat optimistic, increasingly so with more
+    scores. Simulated on identical N(0, 1) samples at confidence 0.95, ``lower`` was > 0 in
+    about 2%, 2%, 3% and 7% of runs with 100, 1,000, 10,000 and 100,000 scores per side
+    (nominal 2.5%), usually by less than 0.01; where the bound is tight (N(1, 1) vs N(0, 1),
+    delta 0.05, 1,000 per side) it exceeded the true epsilon in about 1% of runs. For a
+    strict guarantee choose the threshold on separate scores. With n scores per side
     no finite lower bound exceeds about log(n / log(4 / (1 - confidence))), and finite
     point estimates never exceed log(max(n_with, n_without)).
 
@@ -310,7 +314,7 @@ def _threshold_estimate(
     fn_low, fn_high = _bracket_cp_upper(fn, n_with, tail)
     optimistic = _eps_from_rates(fp_low, fn_low, delta)
     pessimistic = _eps_from_rates(fp_high, fn_high, delta)
-    candidates = np.flatnonzero((optimistic > pessimistic.max()) & (optimistic > 0))
+    candidates = np.flatnonzero((optimistic >= pessimistic.max()) & (optimistic > 0))
     lower = _eps_from_rates(
         _cp_upper(fp[candidates], n_without, tail), _cp_upper(fn[candidates], n_with, tail), delta
     )
@@ -336,7 +340,9 @@ def _threshold_estimate(
     )
 
 
-def _eps_from_rates(fpr: NDArray[np.float64], fnr: NDArray[np.float64], delta: float) -> NDArray[np.float64]:
+def _eps_from_rates(
+    fpr: NDArray[np.float64], fnr: NDArray[np.float64], delta: float
+) -> NDArray[np.float64]:
     """log max((1 - delta - FPR) / FNR, (1 - delta - FNR) / FPR), clamped at 0."""
     num_a, num_b = 1 - delta - fpr, 1 - delta - fnr
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 from scipy import integrate, optimize, stats
 
-from fedsim.canaries import EpsilonEstimate, empirical_epsilon, estimators, gaussians_epsilon, gdp_epsilon
+from fedsim.canaries import (
+    EpsilonEstimate,
+    empirical_epsilon,
+    estimators,
+    gaussians_epsilon,
+    gdp_epsilon,
+)
 
 DELTA = 1e-5
 
@@ -120,7 +126,8 @@ def gaussian_scores(seed: int, mu: float, n_with: int, n_without: int | None = N
 @pytest.mark.parametrize("mu", [0.1, 0.5, 1.0, 2.0, 4.0, 25.0])
 @pytest.mark.parametrize("delta", [1e-2, 1e-5, 1e-9])
 def test_gdp_epsilon_matches_dong_roth_su(mu, delta):
-    assert gdp_epsilon(mu=mu, delta=delta) == pytest.approx(reference_gdp_epsilon(mu, delta), rel=1e-7)
+    expected = reference_gdp_epsilon(mu, delta)
+    assert gdp_epsilon(mu=mu, delta=delta) == pytest.approx(expected, rel=1e-7)
 
 
 def test_gdp_epsilon_known_value_of_the_gaussian_mechanism():
@@ -152,14 +159,17 @@ def test_gdp_epsilon_edges():
 def test_gaussians_epsilon_equal_variances_is_gdp(mu_in, mu_out, sigma):
     mu = abs(mu_in - mu_out) / sigma
     expected = reference_gdp_epsilon(mu, DELTA)
-    got = gaussians_epsilon(mu_in=mu_in, sigma_in=sigma, mu_out=mu_out, sigma_out=sigma, delta=DELTA)
+    got = gaussians_epsilon(
+        mu_in=mu_in, sigma_in=sigma, mu_out=mu_out, sigma_out=sigma, delta=DELTA
+    )
     assert got == pytest.approx(expected, rel=1e-7)
     # A hair's difference in variance takes the quadratic (unequal-variance) route and must
     # agree: the two computations meet continuously.
-    nearly = gaussians_epsilon(
-        mu_in=mu_in, sigma_in=sigma * (1 + 1e-7), mu_out=mu_out, sigma_out=sigma, delta=DELTA
-    )
-    assert nearly == pytest.approx(expected, rel=1e-4)
+    for hair in (1e-7, 1e-12, 1e-14):
+        nearly = gaussians_epsilon(
+            mu_in=mu_in, sigma_in=sigma * (1 + hair), mu_out=mu_out, sigma_out=sigma, delta=DELTA
+        )
+        assert nearly == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -218,7 +228,9 @@ def test_unequal_variances_leak_more_than_equal_ones():
             unequal = gaussians_epsilon(
                 mu_in=1.0, sigma_in=sigma_in, mu_out=0.0, sigma_out=1.0, delta=delta
             )
-            equal = max(reference_gdp_epsilon(1.0, delta), reference_gdp_epsilon(1 / sigma_in, delta))
+            equal = max(
+                reference_gdp_epsilon(1.0, delta), reference_gdp_epsilon(1 / sigma_in, delta)
+            )
             assert unequal > equal
             gaps.append(unequal - equal)
         assert gaps[1] > gaps[0]
@@ -266,7 +278,9 @@ def test_gaussian_method_interval_covers_the_truth():
     covered = 0
     for seed in range(trials):
         with_, without = gaussian_scores(seed=seed, mu=mu, n_with=n)
-        est = empirical_epsilon(with_, without, delta=DELTA, method="gaussian", n_bootstrap=100, seed=seed)
+        est = empirical_epsilon(
+            with_, without, delta=DELTA, method="gaussian", n_bootstrap=100, seed=seed
+        )
         covered += est.lower <= truth <= est.upper
     assert covered / trials >= 0.85
 
@@ -289,14 +303,18 @@ def test_gaussian_method_is_seeded():
 )
 @pytest.mark.parametrize("delta", [1e-5, 0.05])
 @pytest.mark.parametrize("grid_points", [None, 12])
-def test_threshold_sweep_matches_reference(n_with, n_without, mu, rounding, delta, grid_points, monkeypatch):
+def test_threshold_sweep_matches_reference(
+    n_with, n_without, mu, rounding, delta, grid_points, monkeypatch
+):
     # Unequal counts catch CANIFE's mix-up (FPR's interval over the with-count); rounding
     # makes ties, which pin down "FNR counts scores at or below t". The sweep computes
     # exact CP limits on a grid of counts and refines; a very coarse grid must change
     # nothing but the speed.
     if grid_points is not None:
         monkeypatch.setattr(estimators, "_CP_GRID_POINTS", grid_points)
-    with_, without = gaussian_scores(seed=n_with + n_without, mu=mu, n_with=n_with, n_without=n_without)
+    with_, without = gaussian_scores(
+        seed=n_with + n_without, mu=mu, n_with=n_with, n_without=n_without
+    )
     if rounding is not None:
         with_, without = np.round(with_, rounding), np.round(without, rounding)
     est = empirical_epsilon(with_, without, delta=delta, confidence=0.9)
@@ -399,6 +417,20 @@ def test_perfect_separation_bound_grows_with_samples():
     assert bounds[0] < bounds[1] < bounds[2] < math.inf
 
 
+def test_no_evidence_gives_a_finite_point_estimate():
+    # With 100 scores per side from one distribution the bound is almost always 0. The
+    # point estimate then comes from the most accurate threshold at which both errors occur:
+    # an error count of 0 would make it inf, which would be no estimate at all.
+    no_evidence = 0
+    for seed in range(60):
+        rng = np.random.default_rng(seed)
+        est = empirical_epsilon(rng.normal(0, 1, 100), rng.normal(0, 1, 100), delta=DELTA)
+        if est.lower == 0:
+            no_evidence += 1
+            assert est.epsilon < math.log(100)
+    assert no_evidence >= 50
+
+
 def test_identical_distributions_show_no_privacy_loss():
     for seed in range(5):
         rng = np.random.default_rng(seed)
@@ -466,12 +498,17 @@ def test_empirical_epsilon_rejects_bad_input(kwargs, name):
         (lambda: gdp_epsilon(mu=-1.0, delta=DELTA), "mu"),
         (lambda: gdp_epsilon(mu=math.nan, delta=DELTA), "mu"),
         (lambda: gdp_epsilon(mu=1.0, delta=0.0), "delta"),
-        (lambda: gaussians_epsilon(mu_in=1, sigma_in=-1, mu_out=0, sigma_out=1, delta=DELTA), "sigma_in"),
-        (lambda: gaussians_epsilon(mu_in=1, sigma_in=1, mu_out=0, sigma_out=math.inf, delta=DELTA), "sigma_out"),
-        (lambda: gaussians_epsilon(mu_in=math.nan, sigma_in=1, mu_out=0, sigma_out=1, delta=DELTA), "mu_in"),
-        (lambda: gaussians_epsilon(mu_in=1, sigma_in=1, mu_out=0, sigma_out=1, delta=1.5), "delta"),
+        (lambda: two_gaussians(sigma_in=-1.0), "sigma_in"),
+        (lambda: two_gaussians(sigma_out=math.inf), "sigma_out"),
+        (lambda: two_gaussians(mu_in=math.nan), "mu_in"),
+        (lambda: two_gaussians(delta=1.5), "delta"),
     ],
 )
 def test_exact_epsilons_reject_bad_input(call, name):
     with pytest.raises(ValueError, match=name):
         call()
+
+
+def two_gaussians(**overrides: float) -> float:
+    args = {"mu_in": 1.0, "sigma_in": 1.0, "mu_out": 0.0, "sigma_out": 1.0, "delta": DELTA}
+    return gaussians_epsilon(**{**args, **overrides})

@@ -1,0 +1,29 @@
+"""Shared test settings: no telemetry, Ray kept on 127.0.0.1, quiet logs."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def project_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def sample_data() -> Path:
+    """The offline sample data folder (../shared/data, or FEDSIM_SAMPLE_DATA)."""
+    path = Path(os.environ.get("FEDSIM_SAMPLE_DATA", ROOT.parent / "shared" / "data"))
+    if not path.is_dir():
+        pytest.skip(f"sample data folder {path} is absent; set FEDSIM_SAMPLE_DATA")
+    return path

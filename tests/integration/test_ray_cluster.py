@@ -1,0 +1,57 @@
+"""fedsim attaches to an existing Ray cluster (`ray start --head` on 127.0.0.1) and stops it."""
+
+import json
+import os
+import socket
+import subprocess
+
+import pytest
+
+from tests.conftest import BIN
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_run_attached_to_a_ray_head_on_localhost(tmp_path, project_root):
+    port = _free_port()
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    temp_dir = tmp_path / "ray"
+    start = subprocess.run(
+        [str(BIN / "ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+         "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    try:
+        assert start.returncode == 0, start.stderr[-2000:]
+        result = subprocess.run(
+            [str(BIN / "fedsim"), "run", str(project_root / "scenarios" / "quickstart.yaml"),
+             "--set", "rounds=2", "--set", "clients_per_round=4", "--set", "data.num_clients=12",
+             "--set", "ray.num_nodes=4", "--ray-address", f"127.0.0.1:{port}", "--out", str(tmp_path / "runs")],
+            capture_output=True, text=True, env=env, timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        (folder,) = list((tmp_path / "runs").iterdir())
+        assert json.loads((folder / "manifest.json").read_text())["status"] == "completed"
+        # the job ran on the cluster we started: its session folder holds the driver's logs
+        assert any(temp_dir.glob("session_*/logs"))
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+def test_dead_ray_address_fails_fast_with_one_line(tmp_path, project_root):
+    port = _free_port()  # nothing listens there
+    result = subprocess.run(
+        [str(BIN / "fedsim"), "run", str(project_root / "scenarios" / "quickstart.yaml"),
+         "--set", "ray.timeout_s=2", "--ray-address", f"127.0.0.1:{port}", "--out", str(tmp_path / "runs")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"no Ray cluster answers at 127.0.0.1:{port}" in result.stderr
+    assert "ray start --head" in result.stderr
+    assert not (tmp_path / "runs").exists()  # nothing half-written
