@@ -30,6 +30,15 @@ QUIET_ENV = {
 }
 
 
+def quiet_flower(*, verbose: bool) -> None:
+    """Flower sets its logger to DEBUG on import: lower it afterwards unless verbose."""
+    from flwr.supercore.logger import update_console_handler
+
+    level = logging.INFO if verbose else logging.ERROR
+    logging.getLogger("flwr").setLevel(level)
+    update_console_handler(level=level)
+
+
 @dataclass(frozen=True)
 class RunResult:
     """A finished run: its folder and its round rows."""
@@ -43,7 +52,7 @@ def prepare_environment(*, verbose: bool) -> None:
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     level = logging.INFO if verbose else logging.ERROR
-    for name in ("flwr", "ray"):
+    for name in ("flwr", "ray", "absl"):
         logging.getLogger(name).setLevel(level)
     if not verbose:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -114,6 +123,8 @@ def run_scenario(
     from fedsim.clients.app import make_client_app
     from fedsim.server import RoundLoop, RunOutcome, make_server_app
 
+    quiet_flower(verbose=verbose)
+
     loop = RoundLoop(scenario=scenario, on_round=on_round)  # builds data, model, strategy
     store = RunStore.create(parent=out_dir, scenario=scenario)
     loop.store = store
@@ -121,6 +132,7 @@ def run_scenario(
         on_start(store)
     outcome = RunOutcome()
     num_nodes = min(scenario.data.num_clients, scenario.ray.num_nodes)
+    loop.expected_nodes = num_nodes
     try:
         run_simulation(
             server_app=make_server_app(loop=loop, outcome=outcome),

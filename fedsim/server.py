@@ -45,6 +45,7 @@ class RoundLoop:
     def __init__(self, *, scenario: Scenario, on_round: RoundCallback | None = None) -> None:
         self.scenario = scenario
         self.store: RunStore | None = None  # attached by the runner once everything validated
+        self.expected_nodes = 1  # Flower supernodes the runner starts
         self.on_round = on_round
         self.dataset = dataset_for(scenario)
         model = model_for(scenario, self.dataset)
@@ -131,7 +132,7 @@ class RoundLoop:
 
     def run(self, grid: Grid, outcome: RunOutcome) -> None:
         """All rounds, each recorded durably before the next begins."""
-        node_ids = sorted(grid.get_node_ids())
+        node_ids = self._wait_for_nodes(grid)
         scenario = self.scenario
         for round_number in range(1, scenario.rounds + 1):
             started = time.perf_counter()
@@ -171,6 +172,18 @@ class RoundLoop:
             if self.on_round is not None:
                 self.on_round(row)
         outcome.final_params = self.params
+
+    def _wait_for_nodes(self, grid: Grid, timeout_s: float = 120.0) -> list[int]:
+        """Flower registers supernodes asynchronously: wait until all are there."""
+        deadline = time.monotonic() + timeout_s
+        while len(node_ids := sorted(grid.get_node_ids())) < self.expected_nodes:
+            if time.monotonic() > deadline:
+                raise FedsimError(
+                    f"only {len(node_ids)} of {self.expected_nodes} Flower supernodes came up in {timeout_s:g} s; "
+                    "lower ray.num_nodes or check the Ray cluster with --verbose"
+                )
+            time.sleep(0.05)
+        return node_ids
 
     def _noise_std(self, central_std: float) -> float:
         """Noise std on the averaged update; for local DP-SGD, on each step's mean gradient."""

@@ -39,7 +39,8 @@ def _rows(folder):
 
 
 def test_fedsim_run_server_fixed_writes_every_round(tmp_path, project_root):
-    result = _fedsim("run", str(project_root / "scenarios" / "quickstart.yaml"), *sum((["--set", s] for s in SMALL), []), "--out", str(tmp_path))
+    overrides = [*SMALL, "dp.noise_multiplier=0.5", "dp.clip_norm=1.0"]
+    result = _fedsim("run", str(project_root / "scenarios" / "quickstart.yaml"), *sum((["--set", s] for s in overrides), []), "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
     folder = _run_folder(tmp_path)
     assert f"results: {folder}" in result.stdout
