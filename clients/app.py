@@ -14,11 +14,8 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 
-from fedsim.clients.training import evaluate_client, train_client
+from fedsim.clients.work import evaluate_many, train_one
 from fedsim.config import Scenario
-from fedsim.experiment import dataset_for, model_for, train_settings
-from fedsim.params import flatten_state
-from fedsim.seeding import client_seed
 
 torch.set_num_threads(1)  # one Ray actor per CPU: no oversubscription
 
@@ -31,42 +28,30 @@ def make_client_app(*, scenario: Scenario) -> ClientApp:
     @app.train(mods=mods)
     def train(msg: Message, context: Context) -> Message:
         config = msg.content["config"]
-        client_id, round_number = int(config["client-id"]), int(config["round"])
-        dataset = dataset_for(scenario)
-        model = model_for(scenario, dataset)
-        start = msg.content["arrays"].to_torch_state_dict()
-        model.load_state_dict(start)
-        data = dataset.client(client_id)
-        result = train_client(
-            model=model,
-            data=data,
-            settings=train_settings(scenario),
-            seed=client_seed(seed=scenario.seed, round_number=round_number, client_id=client_id),
+        trained = train_one(
+            scenario=scenario,
+            start=msg.content["arrays"].to_torch_state_dict(),
+            client_id=int(config["client-id"]),
+            round_number=int(config["round"]),
         )
-        trained = model.state_dict()
-        norm = float(((flatten_state(trained) - flatten_state(start)) ** 2).sum() ** 0.5)
         metrics = {
-            "client-id": client_id,
-            # DP-FedAvg averages clients with equal weight; plain FedAvg by example count
-            "num-examples": result.num_examples,
-            "train-loss": result.mean_loss,
-            "update-norm": norm,  # before any client-side clipping by the mod
+            "client-id": trained.client_id,
+            "num-examples": trained.num_examples,
+            "train-loss": trained.train_loss,
+            "update-norm": trained.update_norm,  # before the mod's client-side clipping
         }
         return Message(
-            RecordDict({"arrays": ArrayRecord(trained), "metrics": MetricRecord(metrics)}),
+            RecordDict({"arrays": ArrayRecord(trained.state), "metrics": MetricRecord(metrics)}),
             reply_to=msg,
         )
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        config = msg.content["config"]
-        dataset = dataset_for(scenario)
-        model = model_for(scenario, dataset)
-        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-        loss_sum, correct, count = 0.0, 0, 0
-        for client_id in config["client-ids"]:
-            client_loss, client_correct, client_count = evaluate_client(model=model, data=dataset.client(int(client_id)))
-            loss_sum, correct, count = loss_sum + client_loss, correct + client_correct, count + client_count
+        loss_sum, correct, count = evaluate_many(
+            scenario=scenario,
+            state=msg.content["arrays"].to_torch_state_dict(),
+            client_ids=[int(c) for c in msg.content["config"]["client-ids"]],
+        )
         metrics = {"loss-sum": loss_sum, "correct": correct, "num-examples": count}
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 

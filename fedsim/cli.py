@@ -40,6 +40,11 @@ def friendly(command):
     return wrapper
 
 
+class EngineChoice(str, Enum):
+    flower = "flower"
+    inprocess = "inprocess"
+
+
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -56,6 +61,7 @@ def run(
     out: Annotated[Path, typer.Option("--out", help="Parent folder of the run folders")] = Path("runs"),
     ray_address: Annotated[str | None, typer.Option("--ray-address", help="Attach to a running Ray cluster (HOST:PORT)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower and Ray logs")] = False,
+    engine: Annotated[EngineChoice | None, typer.Option("--engine", help="flower (Flower on Ray) or inprocess (same clients, no Flower/Ray: debugging, baselines)")] = None,
 ) -> None:
     """Run a scenario: DP federated training on Flower + Ray, with per-round epsilon."""
     from rich.console import Console
@@ -93,7 +99,13 @@ def run(
     try:
         with progress:
             result = run_scenario(
-                scenario=resolved, out_dir=out, ray_address=ray_address, verbose=verbose, on_round=on_round, on_start=on_start
+                scenario=resolved,
+                out_dir=out,
+                ray_address=ray_address,
+                verbose=verbose,
+                on_round=on_round,
+                on_start=on_start,
+                engine=(engine or EngineChoice.flower).value,
             )
     except KeyboardInterrupt:
         where = started.get("store")

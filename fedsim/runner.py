@@ -14,7 +14,7 @@ import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fedsim.config import Scenario
 from fedsim.errors import FedsimError
@@ -106,24 +106,23 @@ def run_scenario(
     verbose: bool = False,
     on_round=None,
     on_start=None,
+    engine: Literal["flower", "inprocess"] = "flower",
 ) -> RunResult:
     """Run one scenario end to end and return its run folder and rows.
 
+    ``engine="flower"`` (the default) runs Flower's simulation engine on Ray;
+    ``engine="inprocess"`` calls the same client code in this process (no Flower, no
+    Ray), for debugging and as the per-client-overhead baseline.
     Everything that can be checked is checked before the run folder is created. Each
     finished round is durable in ``rounds.csv``; the manifest's status says how the run
     ended (completed, failed, interrupted).
     """
     prepare_environment(verbose=verbose)
     address = ray_address or scenario.ray.address
-    if address:
+    if address and engine == "flower":
         check_ray_address(address, timeout_s=scenario.ray.timeout_s)
 
-    from flwr.simulation import run_simulation  # heavy imports after the cheap checks
-
-    from fedsim.clients.app import make_client_app
-    from fedsim.server import RoundLoop, RunOutcome, make_server_app
-
-    quiet_flower(verbose=verbose)
+    from fedsim.loop import RoundLoop, RunOutcome
 
     loop = RoundLoop(scenario=scenario, on_round=on_round)  # builds data, model, strategy
     store = RunStore.create(parent=out_dir, scenario=scenario)
@@ -131,17 +130,16 @@ def run_scenario(
     if on_start is not None:
         on_start(store)
     outcome = RunOutcome()
-    num_nodes = min(scenario.data.num_clients, scenario.ray.num_nodes)
-    loop.expected_nodes = num_nodes
     try:
-        run_simulation(
-            server_app=make_server_app(loop=loop, outcome=outcome),
-            client_app=make_client_app(scenario=scenario),
-            num_supernodes=num_nodes,
-            backend_name="ray",
-            backend_config=backend_config(scenario=scenario, ray_address=address, verbose=verbose),
-            verbose_logging=verbose,
-        )
+        if engine == "inprocess":
+            from fedsim.clients.local import InProcessTransport
+
+            try:
+                loop.run(InProcessTransport(scenario=scenario), outcome)
+            except Exception as error:  # noqa: BLE001 - reported below, like the server thread's
+                outcome.error = error
+        else:
+            _simulate(scenario=scenario, loop=loop, outcome=outcome, address=address, verbose=verbose)
     except KeyboardInterrupt:
         store.finish(status="interrupted", error="interrupted by the user")
         raise
@@ -161,6 +159,25 @@ def run_scenario(
         raise FedsimError(f"the simulation ended after {len(outcome.rows)} of {scenario.rounds} rounds; see {store.path}")
     store.finish(status="completed")
     return RunResult(store=store, rows=outcome.rows)
+
+
+def _simulate(*, scenario: Scenario, loop, outcome, address: str | None, verbose: bool) -> None:
+    """Run the loop as a Flower ServerApp against ClientApps on Ray."""
+    from flwr.simulation import run_simulation
+
+    from fedsim.clients.app import make_client_app
+    from fedsim.server import make_server_app
+
+    quiet_flower(verbose=verbose)
+    num_nodes = min(scenario.data.num_clients, scenario.ray.num_nodes)
+    run_simulation(
+        server_app=make_server_app(loop=loop, outcome=outcome, expected_nodes=num_nodes),
+        client_app=make_client_app(scenario=scenario),
+        num_supernodes=num_nodes,
+        backend_name="ray",
+        backend_config=backend_config(scenario=scenario, ray_address=address, verbose=verbose),
+        verbose_logging=verbose,
+    )
 
 
 def _one_line(error: BaseException) -> str:

@@ -1,0 +1,151 @@
+"""fedsim's own round loop, independent of how clients are reached.
+
+Flower's ``Strategy.start()`` runs every round in one call, so it cannot record a round
+before the next starts, audit with the round's updates, or resume. This loop does, round
+by round: sample the cohort -> train (through a transport) -> DP aggregation -> server
+optimiser step -> accountant -> federated evaluation -> durable round record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedsim.config import Scenario
+from fedsim.experiment import dataset_for, model_for
+from fedsim.params import flatten_state, unflatten_state
+from fedsim.seeding import EVALUATION, NOISE, round_rng
+from fedsim.store import RunStore
+from fedsim.strategies import build_aggregator, build_server_optimizer, sample_cohort
+from fedsim.theory import TheoryTracker
+
+RoundCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class RunOutcome:
+    """What the server thread hands back to the driver (run_simulation returns None)."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    error: BaseException | None = None
+    final_params: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class TrainedReply:
+    """One client's reply to a train request, as the server loop needs it."""
+
+    client_id: int
+    trained: np.ndarray  # flat trained weights (already clipped where the client clips)
+    num_examples: int
+    update_norm: float  # before any client-side clipping
+    train_loss: float
+
+
+class Transport(Protocol):
+    """How the round loop reaches clients: Flower's Grid, or in-process calls."""
+
+    def train(self, *, round_number: int, state: dict[str, Any], cohort: np.ndarray) -> list[TrainedReply]:
+        """Train each client of the cohort from ``state``."""
+
+    def evaluate(self, *, round_number: int, state: dict[str, Any], client_ids: np.ndarray) -> tuple[float, int, int]:
+        """Summed loss, correct predictions and count over the clients' held-out samples."""
+
+
+class RoundLoop:
+    """Runs the rounds of one scenario through a transport, recording each round."""
+
+    def __init__(self, *, scenario: Scenario, on_round: RoundCallback | None = None) -> None:
+        self.scenario = scenario
+        self.on_round = on_round
+        self.store: RunStore | None = None  # attached by the runner once everything validated
+        self.dataset = dataset_for(scenario)
+        model = model_for(scenario, self.dataset)
+        self.template = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.params = flatten_state(self.template)
+        self.aggregator = build_aggregator(scenario=scenario)
+        self.optimizer = build_server_optimizer(scenario=scenario)
+        min_samples = None
+        if scenario.dp.mode == "local_dpsgd":
+            min_samples = min(self.dataset.num_train_samples(c) for c in range(self.dataset.num_clients))
+        self.theory = TheoryTracker(scenario=scenario, min_client_samples=min_samples)
+
+    def state(self) -> dict[str, Any]:
+        """The global model as a state dict."""
+        return unflatten_state(self.params.astype(np.float32), template=self.template)
+
+    def _evaluation_clients(self, round_number: int) -> np.ndarray:
+        population = self.dataset.num_clients
+        wanted = self.scenario.evaluation.clients
+        if wanted is None or wanted >= population:
+            return np.arange(population)
+        rng = round_rng(seed=self.scenario.seed, stream=EVALUATION, round_number=round_number)
+        return np.sort(rng.choice(population, size=wanted, replace=False))
+
+    def run_round(self, transport: Transport, round_number: int) -> dict[str, Any]:
+        """One round: sample, train, aggregate with DP, step, account, evaluate."""
+        scenario = self.scenario
+        started = time.perf_counter()
+        cohort = sample_cohort(
+            population=self.dataset.num_clients,
+            clients_per_round=scenario.clients_per_round,
+            method=scenario.sampling,
+            seed=scenario.seed,
+            round_number=round_number,
+        )
+        replies = transport.train(round_number=round_number, state=self.state(), cohort=cohort) if len(cohort) else []
+        replies = sorted(replies, key=lambda reply: reply.client_id)
+        updates = np.array([reply.trained - self.params for reply in replies]).reshape(len(replies), -1)
+        norms = np.array([reply.update_norm for reply in replies])
+        rng = round_rng(seed=scenario.seed, stream=NOISE, round_number=round_number)
+        aggregate = self.aggregator.aggregate(
+            updates=updates,
+            weights=np.array([reply.num_examples for reply in replies], dtype=float),
+            reported_norms=norms if scenario.dp.mode == "client_fixed" else None,
+            rng=rng,
+        )
+        self.params = self.optimizer.step(params=self.params, mean_update=aggregate.mean_update)
+        epsilon = self.theory.step(noise_multiplier=self.aggregator.noise_multiplier)
+        eval_loss = eval_accuracy = None
+        if round_number % scenario.evaluation.every == 0 or round_number == scenario.rounds:
+            loss_sum, correct, count = transport.evaluate(
+                round_number=round_number, state=self.state(), client_ids=self._evaluation_clients(round_number)
+            )
+            if count:
+                eval_loss, eval_accuracy = loss_sum / count, correct / count
+        return {
+            "round": round_number,
+            "clients": len(cohort),
+            "train_loss": float(np.mean([r.train_loss for r in replies])) if replies else None,
+            "eval_loss": eval_loss,
+            "eval_accuracy": eval_accuracy,
+            "clip_fraction": aggregate.clip_fraction,
+            "clip_norm": aggregate.clip_norm,
+            "noise_std": self._noise_std(aggregate.noise_std),
+            "epsilon_round_theory": epsilon.round,
+            "epsilon_cumulative_theory": epsilon.cumulative,
+            "epsilon_cumulative_theory_rdp": epsilon.cumulative_rdp,
+            "seconds": round(time.perf_counter() - started, 4),
+        }
+
+    def run(self, transport: Transport, outcome: RunOutcome) -> None:
+        """All rounds, each recorded durably before the next begins."""
+        for round_number in range(1, self.scenario.rounds + 1):
+            row = self.run_round(transport, round_number)
+            if self.store is not None:
+                self.store.append_round(row)
+            outcome.rows.append(row)
+            if self.on_round is not None:
+                self.on_round(row)
+        outcome.final_params = self.params
+
+    def _noise_std(self, central_std: float) -> float:
+        """Noise std on the averaged update; for local DP-SGD, on each step's mean gradient."""
+        dp = self.scenario.dp
+        if dp.mode == "local_dpsgd":
+            return dp.noise_multiplier * dp.clip_norm / self.scenario.client.batch_size
+        return central_std
