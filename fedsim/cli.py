@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -110,7 +111,11 @@ def run(
     except KeyboardInterrupt:
         where = started.get("store")
         typer.echo(f"fedsim: interrupted; finished rounds are kept in {where.path if where else out}", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        # Flower's server thread may be blocked waiting for replies that will never come;
+        # every finished round is already on disk, so leave without waiting for it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
     last = result.rows[-1]
     typer.echo(
         f"done: {len(result.rows)} rounds, final accuracy {_fmt(last['eval_accuracy'])}, "

@@ -8,6 +8,7 @@ optimiser step -> accountant -> federated evaluation -> durable round record.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ class RunOutcome:
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     error: BaseException | None = None
+    stop: threading.Event = field(default_factory=threading.Event)  # set by the driver on interrupt
     final_params: np.ndarray | None = None
 
 
@@ -135,6 +137,8 @@ class RoundLoop:
     def run(self, transport: Transport, outcome: RunOutcome) -> None:
         """All rounds, each recorded durably before the next begins."""
         for round_number in range(1, self.scenario.rounds + 1):
+            if outcome.stop.is_set():
+                return
             row = self.run_round(transport, round_number)
             if self.store is not None:
                 self.store.append_round(row)

@@ -141,6 +141,7 @@ def run_scenario(
         else:
             _simulate(scenario=scenario, loop=loop, outcome=outcome, address=address, verbose=verbose)
     except KeyboardInterrupt:
+        outcome.stop.set()
         store.finish(status="interrupted", error="interrupted by the user")
         raise
     except Exception as error:  # Flower/Ray failures outside the server loop
