@@ -18,6 +18,8 @@ from fedsim.errors import FedsimError
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Federated-learning simulator that measures privacy.")
 privacy_app = typer.Typer(no_args_is_help=True, help="Differential-privacy calculators.")
 app.add_typer(privacy_app, name="privacy")
+data_app = typer.Typer(no_args_is_help=True, help="Data sets: download, verify and prepare.")
+app.add_typer(data_app, name="data")
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -175,6 +177,41 @@ def privacy_epsilon(
         result.update(noise_multiplier=noise_multiplier, epsilon=eps)
         text = f"epsilon {eps:.4f} at delta {delta:g} ({accountant.value}, {sampling.value} sampling)"
     typer.echo(json.dumps(result) if as_json else text)
+
+
+class DataName(str, Enum):
+    sent140 = "sent140"
+    shakespeare = "shakespeare"
+    celeba = "celeba"
+    cifar10 = "cifar10"
+
+
+@data_app.command("prepare")
+@friendly
+def data_prepare(
+    name: Annotated[DataName, typer.Argument(help="Data set to prepare")],
+    root: Annotated[Path | None, typer.Option("--root", help="Data folder (default: data/NAME)")] = None,
+    url: Annotated[str | None, typer.Option("--url", help="Download from here instead of the official source (or FEDSIM_<NAME>_URL)")] = None,
+    sha256: Annotated[str | None, typer.Option("--sha256", help="Expected sha256 of the download (or FEDSIM_<NAME>_SHA256)")] = None,
+    download: Annotated[bool, typer.Option("--download/--no-download", help="Download missing raw files")] = True,
+    force: Annotated[bool, typer.Option("--force", help="Prepare again even if up to date")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+) -> None:
+    """Download (where the terms allow), verify sha256 and convert a data set once.
+
+    CelebA cannot be downloaded: place img_align_celeba/ (unzipped), identity_CelebA.txt and
+    list_attr_celeba.txt in the root by hand.
+    """
+    from fedsim.data.prepare import prepare_dataset
+
+    folder = root if root is not None else Path("data") / name.value
+    summary = prepare_dataset(name.value, root=folder, url=url, sha256=sha256, download_missing=download, force=force)
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    if summary.get("downloaded"):
+        typer.echo(f"downloaded {summary['file']} (sha256 {summary['sha256']})")
+    typer.echo(f"{name.value}: prepared {summary['users']} users, {summary['rows']} rows in {summary['prepared']}")
 
 
 def main() -> None:

@@ -88,6 +88,22 @@ class EvaluationConfig(_Section):
     clients: int | None = Field(None, ge=1, description="clients evaluated; all if unset")
 
 
+class AuditConfig(_Section):
+    """The CANIFE canary audit: an empirical per-round epsilon next to the theory."""
+
+    enabled: bool = False
+    every: int = Field(1, ge=1, description="audit every k-th round (and round 1)")
+    canary: Literal["sample", "update"] = "sample"
+    design_pool: int = Field(20, ge=1, description="mock clients trained from the design-pool users")
+    design_batch: int = Field(16, ge=1, description="design updates per crafting step")
+    iterations: int = Field(100, ge=0, description="Adam steps of the crafting")
+    lr: float = Field(0.05, gt=0, description="Adam learning rate of the crafting")
+    norm_constant: float | None = Field(None, gt=0, description="C_norm; default clip_norm / client.lr")
+    tests: int = Field(50_000, ge=10, description="with/without aggregates per attacked round")
+    confidence: float = Field(0.95, gt=0, lt=1)
+    estimators: list[Literal["gaussian", "threshold"]] = Field(default_factory=lambda: ["gaussian", "threshold"])
+
+
 class RayConfig(_Section):
     """Ray resources for the simulation."""
 
@@ -112,6 +128,7 @@ class Scenario(_Section):
     server: ServerConfig = ServerConfig()
     dp: DpConfig = DpConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    audit: AuditConfig = AuditConfig()
     ray: RayConfig = RayConfig()
 
     @model_validator(mode="after")
@@ -123,6 +140,14 @@ class Scenario(_Section):
             )
         if self.dp.mode == "local_dpsgd" and self.dp.noise_multiplier == 0:
             raise ValueError("dp.noise_multiplier must be > 0 for local_dpsgd (Opacus)")
+        if self.audit.enabled:
+            if self.dp.mode == "local_dpsgd":
+                raise ValueError("audit.enabled audits user-level central DP; it cannot audit dp.mode local_dpsgd")
+            if self.audit.design_pool > self.data.design_pool:
+                raise ValueError(
+                    f"audit.design_pool ({self.audit.design_pool}) exceeds data.design_pool "
+                    f"({self.data.design_pool}); reserve more design-pool users or lower audit.design_pool"
+                )
         return self
 
     @property

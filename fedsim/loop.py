@@ -22,7 +22,7 @@ from fedsim.params import flatten_state, unflatten_state
 from fedsim.seeding import EVALUATION, NOISE, round_rng
 from fedsim.store import RunStore
 from fedsim.strategies import build_aggregator, build_server_optimizer, sample_cohort
-from fedsim.theory import TheoryTracker
+from fedsim.theory import EmpiricalTracker, TheoryTracker
 
 RoundCallback = Callable[[dict[str, Any]], None]
 
@@ -75,6 +75,13 @@ class RoundLoop:
         if scenario.dp.mode == "local_dpsgd":
             min_samples = min(self.dataset.num_train_samples(c) for c in range(self.dataset.num_clients))
         self.theory = TheoryTracker(scenario=scenario, min_client_samples=min_samples)
+        self.auditor = None
+        self.empirical = None
+        if scenario.audit.enabled:
+            from fedsim.canaries.audit import CanaryAuditor  # only audited runs pay for it
+
+            self.auditor = CanaryAuditor(scenario=scenario, dataset=self.dataset)
+            self.empirical = EmpiricalTracker(scenario=scenario)
 
     def state(self) -> dict[str, Any]:
         """The global model as a state dict."""
@@ -103,6 +110,16 @@ class RoundLoop:
         replies = sorted(replies, key=lambda reply: reply.client_id)
         updates = np.array([reply.trained - self.params for reply in replies]).reshape(len(replies), -1)
         norms = np.array([reply.update_norm for reply in replies])
+        audit = None
+        if self.auditor is not None and self.auditor.should_audit(round_number):
+            # on the frozen global model of this round, before the real step changes it
+            audit = self.auditor.audit(
+                round_number=round_number,
+                params=self.params,
+                template=self.template,
+                cohort_updates=updates,
+                aggregator=self.aggregator,
+            )
         rng = round_rng(seed=scenario.seed, stream=NOISE, round_number=round_number)
         aggregate = self.aggregator.aggregate(
             updates=updates,
@@ -119,7 +136,7 @@ class RoundLoop:
             )
             if count:
                 eval_loss, eval_accuracy = loss_sum / count, correct / count
-        return {
+        row = {
             "round": round_number,
             "clients": len(cohort),
             "train_loss": float(np.mean([r.train_loss for r in replies])) if replies else None,
@@ -131,8 +148,36 @@ class RoundLoop:
             "epsilon_round_theory": epsilon.round,
             "epsilon_cumulative_theory": epsilon.cumulative,
             "epsilon_cumulative_theory_rdp": epsilon.cumulative_rdp,
-            "seconds": round(time.perf_counter() - started, 4),
         }
+        if self.empirical is not None:
+            row.update(self._empirical_columns(audit))
+        if audit is not None and self.store is not None:
+            self.store.write_audit(
+                round_number=round_number,
+                scores_with=audit.scores_with,
+                scores_without=audit.scores_without,
+                summary=audit.summary(),
+            )
+        row["seconds"] = round(time.perf_counter() - started, 4)
+        return row
+
+    def _empirical_columns(self, audit) -> dict[str, Any]:
+        """Audit columns of rounds.csv: the gaussian estimate, the threshold method's
+        Clopper-Pearson bounds, the cumulative empirical epsilon and canary health."""
+        columns: dict[str, Any] = {}
+        estimate = None
+        if audit is not None:
+            gaussian = audit.estimates.get("gaussian")
+            threshold = audit.estimates.get("threshold")
+            estimate = gaussian.epsilon if gaussian is not None else threshold.epsilon
+            columns = {
+                "epsilon_round_empirical": estimate,
+                "epsilon_round_empirical_lower": threshold.lower if threshold is not None else None,
+                "epsilon_round_empirical_upper": threshold.upper if threshold is not None else None,
+                "canary_health": audit.canary.health,
+            }
+        columns["epsilon_cumulative_empirical"] = self.empirical.step(round_epsilon=estimate)
+        return columns
 
     def run(self, transport: Transport, outcome: RunOutcome) -> None:
         """All rounds, each recorded durably before the next begins."""

@@ -122,8 +122,12 @@ def run_scenario(
     if address and engine == "flower":
         check_ray_address(address, timeout_s=scenario.ray.timeout_s)
 
+    import torch
+
     from fedsim.loop import RoundLoop, RunOutcome
 
+    # small per-client models train fastest on one thread; Ray workers own the other cores
+    torch.set_num_threads(1)
     loop = RoundLoop(scenario=scenario, on_round=on_round)  # builds data, model, strategy
     store = RunStore.create(parent=out_dir, scenario=scenario)
     loop.store = store

@@ -152,6 +152,22 @@ class RunStore:
         manifest["rounds_completed"] = int(row["round"])
         write_json_atomic(self.manifest_path, manifest)
 
+    def write_audit(self, *, round_number: int, scores_with, scores_without, summary: dict[str, Any]) -> None:
+        """Keep one attacked round's raw scores (audits/round_NNNN.csv) and its summary
+        (audits/round_NNNN.json), so any estimate can be recomputed later."""
+        folder = self.path / "audits"
+        folder.mkdir(exist_ok=True)
+        stem = folder / f"round_{round_number:04d}"
+        tmp = stem.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["score_with", "score_without"])
+            writer.writerows(zip((repr(float(v)) for v in scores_with), (repr(float(v)) for v in scores_without)))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, stem.with_suffix(".csv"))
+        write_json_atomic(stem.with_suffix(".json"), summary)
+
     def finish(self, *, status: Status, error: str | None = None) -> None:
         """Record how the run ended."""
         manifest = self.manifest()

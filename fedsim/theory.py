@@ -11,7 +11,13 @@ from dataclasses import dataclass
 
 from fedsim.clients.training import local_steps
 from fedsim.config import Scenario
-from fedsim.privacy import RoundAccountant, dpsgd_round_event, epsilon_for_event, gaussian_epsilon
+from fedsim.privacy import (
+    RoundAccountant,
+    dpsgd_round_event,
+    epsilon_for_event,
+    gaussian_epsilon,
+    gaussian_noise_for_epsilon,
+)
 
 
 @dataclass(frozen=True)
@@ -81,3 +87,38 @@ class TheoryTracker:
             cumulative=self.accountant.epsilon(accountant=self.headline),
             cumulative_rdp=self.accountant.epsilon(accountant="rdp"),
         )
+
+
+class EmpiricalTracker:
+    """Cumulative *empirical* epsilon: each per-round estimate becomes the noise
+    multiplier of a Gaussian mechanism with that epsilon at delta, and those are composed
+    over rounds with the run's sampling, exactly as the theoretical line is. Rounds
+    without an audit reuse the latest estimate. Where an estimate is so large that its
+    noise multiplier falls below PLD's working range, RDP composes instead (an upper
+    bound); beyond 1,000 per round the audit found no privacy and the result is inf."""
+
+    PLD_MIN_NOISE = 0.25
+    NO_PRIVACY_EPSILON = 1000.0
+
+    def __init__(self, *, scenario: Scenario) -> None:
+        self.delta = scenario.dp.delta
+        sampling = "poisson" if scenario.sampling == "poisson" else "without_replacement"
+        self.headline = "pld" if sampling == "poisson" else "rdp"
+        self.accountant = RoundAccountant(
+            delta=self.delta, sampling=sampling, population=scenario.data.num_clients, cohort=scenario.clients_per_round
+        )
+        self.noise_multiplier: float | None = None
+        self.smallest = math.inf
+
+    def step(self, *, round_epsilon: float | None) -> float | None:
+        """Account one round; ``round_epsilon`` is its estimate, None if not audited."""
+        if round_epsilon is not None:
+            if round_epsilon > self.NO_PRIVACY_EPSILON:
+                round_epsilon = math.inf
+            self.noise_multiplier = gaussian_noise_for_epsilon(epsilon=round_epsilon, delta=self.delta)
+            self.smallest = min(self.smallest, self.noise_multiplier)
+        if self.noise_multiplier is None:
+            return None
+        self.accountant.step(noise_multiplier=self.noise_multiplier)
+        accountant = self.headline if self.smallest >= self.PLD_MIN_NOISE else "rdp"
+        return self.accountant.epsilon(accountant=accountant)

@@ -35,16 +35,3 @@ def gaussian_noise(*, dim: int, std: float, rng: np.random.Generator) -> np.ndar
     if std == 0:
         return np.zeros(dim)
     return rng.normal(0.0, std, size=dim)
-
-
-def noisy_clipped_sum(
-    updates: np.ndarray, *, clip_norm: float, noise_multiplier: float, rng: np.random.Generator
-) -> tuple[np.ndarray, int]:
-    """The Gaussian mechanism of DP-FedAvg: sum of clipped updates + N(0, (z C)^2 I).
-
-    Returns the noisy sum (not yet divided by the cohort size) and the number of
-    updates that were clipped.
-    """
-    total, clipped = clipped_sum(updates, clip_norm=clip_norm)
-    noise = gaussian_noise(dim=total.shape[0], std=noise_multiplier * clip_norm, rng=rng)
-    return total + noise, clipped

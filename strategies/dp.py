@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.strategies.aggregation import clipped_sum, gaussian_noise, update_norms
+from fedsim.strategies.aggregation import clip_factors, clipped_sum, gaussian_noise, update_norms
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,29 @@ class Aggregator(ABC):
 
     #: noise multiplier of the whole round's release, for the accountant (0: no DP)
     noise_multiplier: float = 0.0
+    #: True where clients clip their own updates (the server must not rely on clipping)
+    clients_clip: bool = False
+
+    @property
+    def clip_norm_now(self) -> float | None:
+        """The clip norm the next release uses (None without clipping)."""
+        return None
+
+    @abstractmethod
+    def release(self, updates: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
+        """The noisy sum this strategy releases for a cohort's updates.
+
+        Exactly the clip-sum-noise of a real round, without changing any state: the
+        canary audit replays it on re-drawn cohorts.
+        """
+
+    def release_many(self, updates: np.ndarray, *, include: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Releases for many cohorts at once: row t is ``release(updates[include[t]])``.
+
+        ``include`` is a boolean (T, n) matrix over the rows of ``updates``; each release
+        draws fresh noise. Strategies override this with a vectorised equivalent.
+        """
+        return np.stack([self.release(updates[mask], rng=rng) for mask in include])
 
     @abstractmethod
     def aggregate(
@@ -61,6 +84,9 @@ class Aggregator(ABC):
 
 class PlainAggregator(Aggregator):
     """FedAvg without DP: the mean of updates weighted by example counts."""
+
+    def release(self, updates: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
+        return updates.astype(np.float64).sum(axis=0) if len(updates) else np.zeros(updates.shape[1])
 
     def aggregate(self, *, updates, weights, reported_norms, rng) -> RoundAggregate:
         if len(updates) == 0:
@@ -88,21 +114,38 @@ class FixedClippingAggregator(Aggregator):
         self.expected_cohort = expected_cohort
         self.clip_on_server = clip_on_server
 
-    def aggregate(self, *, updates, weights, reported_norms, rng) -> RoundAggregate:
-        norms = update_norms(updates) if reported_norms is None else np.asarray(reported_norms)
+    @property
+    def clients_clip(self) -> bool:
+        return not self.clip_on_server
+
+    @property
+    def clip_norm_now(self) -> float:
+        return self.clip_norm
+
+    def release(self, updates: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
         if self.clip_on_server:
             total, _ = clipped_sum(updates, clip_norm=self.clip_norm)
         else:
             if len(updates) and np.any(update_norms(updates) > self.clip_norm * (1 + 1e-4)):
                 raise RuntimeError("a client sent an update above the clip norm; client-side clipping failed")
             total = updates.astype(np.float64).sum(axis=0) if len(updates) else np.zeros(updates.shape[1])
-        sum_std = self.noise_multiplier * self.clip_norm
-        total = total + gaussian_noise(dim=total.shape[0], std=sum_std, rng=rng)
+        return total + gaussian_noise(dim=total.shape[0], std=self.noise_multiplier * self.clip_norm, rng=rng)
+
+    def release_many(self, updates: np.ndarray, *, include: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if not self.clip_on_server and len(updates) and np.any(update_norms(updates) > self.clip_norm * (1 + 1e-4)):
+            raise RuntimeError("a client sent an update above the clip norm; client-side clipping failed")
+        clipped = updates * clip_factors(update_norms(updates), self.clip_norm)[:, None] if self.clip_on_server else updates
+        sums = include.astype(np.float64) @ clipped.astype(np.float64)
+        return sums + rng.normal(0.0, self.noise_multiplier * self.clip_norm, size=sums.shape)
+
+    def aggregate(self, *, updates, weights, reported_norms, rng) -> RoundAggregate:
+        norms = update_norms(updates) if reported_norms is None else np.asarray(reported_norms)
+        total = self.release(updates, rng=rng)
         clip_fraction = float(np.mean(norms > self.clip_norm)) if len(norms) else None
         return RoundAggregate(
             mean_update=total / self.expected_cohort,
             clip_fraction=clip_fraction,
-            noise_std=sum_std / self.expected_cohort,
+            noise_std=self.noise_multiplier * self.clip_norm / self.expected_cohort,
             clip_norm=self.clip_norm,
         )
 
@@ -144,19 +187,31 @@ class AdaptiveClippingAggregator(Aggregator):
             (noise_multiplier**-2 - (2 * count_noise_std) ** -2) ** -0.5 if noise_multiplier > 0 else 0.0
         )
 
+    @property
+    def clip_norm_now(self) -> float:
+        return self.clip_norm
+
+    def release(self, updates: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
+        total, _ = clipped_sum(updates, clip_norm=self.clip_norm)
+        std = self.update_noise_multiplier * self.clip_norm
+        return total + gaussian_noise(dim=total.shape[0], std=std, rng=rng)
+
+    def release_many(self, updates: np.ndarray, *, include: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        clipped = updates * clip_factors(update_norms(updates), self.clip_norm)[:, None]
+        sums = include.astype(np.float64) @ clipped.astype(np.float64)
+        return sums + rng.normal(0.0, self.update_noise_multiplier * self.clip_norm, size=sums.shape)
+
     def aggregate(self, *, updates, weights, reported_norms, rng) -> RoundAggregate:
         clip_norm = self.clip_norm
         norms = update_norms(updates)
-        total, _ = clipped_sum(updates, clip_norm=clip_norm)
-        sum_std = self.update_noise_multiplier * clip_norm
-        total = total + gaussian_noise(dim=total.shape[0], std=sum_std, rng=rng)
+        total = self.release(updates, rng=rng)
         below = float(np.sum((norms <= clip_norm) - 0.5)) + rng.normal(0.0, self.count_noise_std or 0.0)
         fraction_below = below / self.expected_cohort + 0.5
         self.clip_norm = clip_norm * math.exp(-self.clip_lr * (fraction_below - self.target_quantile))
         return RoundAggregate(
             mean_update=total / self.expected_cohort,
             clip_fraction=float(np.mean(norms > clip_norm)) if len(norms) else None,
-            noise_std=sum_std / self.expected_cohort,
+            noise_std=self.update_noise_multiplier * clip_norm / self.expected_cohort,
             clip_norm=clip_norm,
         )
 

@@ -6,15 +6,23 @@ import inspect
 from typing import Any
 
 from fedsim.data.base import ClientData, FederatedDataset
+from fedsim.data.celeba import CelebaDataset
+from fedsim.data.cifar10 import Cifar10Dataset
 from fedsim.data.digits import DigitsDataset
+from fedsim.data.sent140 import Sent140Dataset
+from fedsim.data.shakespeare import ShakespeareDataset
 from fedsim.data.synthetic import SyntheticDataset
 from fedsim.errors import DataError
 
 __all__ = [
     "DATASETS",
+    "CelebaDataset",
+    "Cifar10Dataset",
     "ClientData",
     "DigitsDataset",
     "FederatedDataset",
+    "Sent140Dataset",
+    "ShakespeareDataset",
     "SyntheticDataset",
     "make_dataset",
 ]
@@ -24,6 +32,10 @@ __all__ = [
 DATASETS: dict[str, type[FederatedDataset]] = {
     "synthetic": SyntheticDataset,
     "digits": DigitsDataset,
+    "sent140": Sent140Dataset,
+    "shakespeare": ShakespeareDataset,
+    "celeba": CelebaDataset,
+    "cifar10": Cifar10Dataset,
 }
 
 # arguments that make_dataset sets itself, never through ``options``

@@ -34,7 +34,7 @@ def test_run_attached_to_a_ray_head_on_localhost(tmp_path, project_root):
         result = subprocess.run(
             [str(BIN / "fedsim"), "run", str(project_root / "scenarios" / "quickstart.yaml"),
              "--set", "rounds=2", "--set", "clients_per_round=4", "--set", "data.num_clients=12",
-             "--set", "ray.num_nodes=4", "--ray-address", f"127.0.0.1:{port}", "--out", str(tmp_path / "runs")],
+             "--set", "ray.num_nodes=4", "--set", "audit.enabled=false", "--ray-address", f"127.0.0.1:{port}", "--out", str(tmp_path / "runs")],
             capture_output=True, text=True, env=env, timeout=300,
         )
         assert result.returncode == 0, result.stderr[-2000:]

@@ -11,7 +11,7 @@ from fedsim.errors import FedsimError
 from fedsim.runner import run_scenario
 from fedsim.store import RunStore
 
-SMALL = ["rounds=4", "clients_per_round=5", "data.num_clients=20", "data.design_pool=4"]
+SMALL = ["rounds=4", "clients_per_round=5", "data.num_clients=20", "data.design_pool=4", "audit.enabled=false"]
 
 
 def _scenario(project_root, *overrides):
@@ -98,10 +98,10 @@ def test_adaptive_clipping_and_local_dpsgd_report_their_numbers(tmp_path, projec
 
 @pytest.mark.slow
 def test_quickstart_learns_under_dp_and_no_dp_is_at_least_as_accurate(tmp_path, project_root):
-    scenario = load_scenario(project_root / "scenarios" / "quickstart.yaml")
+    scenario = load_scenario(project_root / "scenarios" / "quickstart.yaml", overrides=["audit.enabled=false"])
     dp = run_scenario(scenario=scenario, out_dir=tmp_path, engine="inprocess").rows
     plain = run_scenario(
-        scenario=load_scenario(project_root / "scenarios" / "quickstart.yaml", overrides=["dp.mode=none"]),
+        scenario=load_scenario(project_root / "scenarios" / "quickstart.yaml", overrides=["dp.mode=none", "audit.enabled=false"]),
         out_dir=tmp_path,
         engine="inprocess",
     ).rows

@@ -1,0 +1,158 @@
+"""Crafting CANIFE canaries (Maddock, Sablayrolles & Stock 2022).
+
+A *sample* canary is an input x (pixels/features; for text, token logits relaxed with
+Gumbel-softmax through the embedding matrix, Guo et al. 2021) optimised with Adam so
+that its loss gradient g = grad_theta loss(f_theta(x), y)
+
+- has norm at least C_norm (hinge d * relu(C_norm - |g|)^2), so the canary client's
+  update is always clipped to exactly C, and
+- has a small projection on the design updates: mean over a minibatch B of
+  <C g / |g|, u>^2.
+
+An *update* canary is the stronger threat model: the rogue client submits a crafted
+update directly, a unit direction with small projection on the design updates.
+
+Canary health = (L_init - L_final) / L_init of the crafting objective.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedsim.canaries.design import DesignPool
+
+
+@dataclass(frozen=True)
+class Canary:
+    """A crafted canary: an input (sample canary) or a direction (update canary)."""
+
+    kind: str
+    health: float
+    loss_init: float
+    loss_final: float
+    gradient_norm: float | None = None
+    x: torch.Tensor | None = None
+    y: int | None = None
+    direction: np.ndarray | None = None
+
+
+def flat_grad(model: nn.Module, loss: torch.Tensor, *, create_graph: bool) -> torch.Tensor:
+    """Gradient of ``loss`` w.r.t. the model, flattened in state-dict order (zeros for buffers)."""
+    params = dict(model.named_parameters())
+    state = model.state_dict(keep_vars=True)
+    wanted = [params[k] for k in state if k in params]
+    grads = iter(torch.autograd.grad(loss, wanted, create_graph=create_graph, allow_unused=True))
+    parts = []
+    for key, value in state.items():
+        if key in params:
+            grad = next(grads)
+            parts.append((torch.zeros_like(value) if grad is None else grad).reshape(-1))
+        else:
+            parts.append(torch.zeros(value.numel(), dtype=value.dtype))
+    return torch.cat(parts)
+
+
+def _objective(g: torch.Tensor, batch: torch.Tensor, *, clip_norm: float, norm_constant: float) -> torch.Tensor:
+    norm = g.norm()
+    projection = batch @ (clip_norm * g / (norm + 1e-12))
+    hinge = torch.relu(norm_constant - norm) ** 2
+    return g.shape[0] * hinge + (projection**2).mean()
+
+
+def _health(loss_init: float, loss_final: float) -> float:
+    return (loss_init - loss_final) / loss_init if loss_init > 0 else 0.0
+
+
+def craft_sample_canary(
+    *,
+    model: nn.Module,
+    design: DesignPool,
+    input_shape: tuple[int, ...],
+    input_kind: str,
+    label: int,
+    clip_norm: float,
+    norm_constant: float,
+    iterations: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+) -> Canary:
+    """Optimise a canary input for the frozen ``model`` (see module docstring)."""
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    y = torch.tensor([label])
+    model.eval()
+    text = input_kind == "long"
+    if text:
+        if not hasattr(model, "embedding") or not hasattr(model, "forward_embedded"):
+            raise TypeError("text canaries need a model with .embedding and .forward_embedded()")
+        vocab = model.embedding.num_embeddings
+        variable = (0.1 * torch.randn((*input_shape, vocab), generator=generator)).requires_grad_(True)
+    else:
+        variable = torch.randn(input_shape, generator=generator).requires_grad_(True)
+
+    def gradient(relaxed: bool) -> torch.Tensor:
+        if not text:
+            return flat_grad(model, F.cross_entropy(model(variable[None]), y), create_graph=relaxed)
+        if relaxed:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(rng.integers(2**31)))
+                soft = F.gumbel_softmax(variable, tau=1.0, hard=False)
+            embedded = soft @ model.embedding.weight
+            return flat_grad(model, F.cross_entropy(model.forward_embedded(embedded[None]), y), create_graph=True)
+        tokens = variable.argmax(dim=-1)
+        return flat_grad(model, F.cross_entropy(model(tokens[None]), y), create_graph=False)
+
+    def loss_on(batch: torch.Tensor, relaxed: bool) -> torch.Tensor:
+        return _objective(gradient(relaxed), batch, clip_norm=clip_norm, norm_constant=norm_constant)
+
+    evaluation = design.minibatch(rng=np.random.default_rng(seed + 1), size=design.count)
+    loss_init = float(loss_on(evaluation, relaxed=False).detach())
+    optimizer = torch.optim.Adam([variable], lr=lr)
+    for _ in range(iterations):
+        optimizer.zero_grad()
+        loss = loss_on(design.minibatch(rng=rng, size=batch_size), relaxed=True)
+        loss.backward()
+        optimizer.step()
+    final_gradient = gradient(relaxed=False).detach()
+    loss_final = float(_objective(final_gradient, evaluation, clip_norm=clip_norm, norm_constant=norm_constant))
+    x = variable.detach().argmax(dim=-1) if text else variable.detach()
+    return Canary(
+        kind="sample",
+        health=_health(loss_init, loss_final),
+        loss_init=loss_init,
+        loss_final=loss_final,
+        gradient_norm=float(final_gradient.norm()),
+        x=x,
+        y=label,
+    )
+
+
+def craft_update_canary(*, design: DesignPool, iterations: int, lr: float, batch_size: int, seed: int) -> Canary:
+    """A unit direction with small mean squared projection on the design updates."""
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    direction = torch.randn(design.dim, generator=generator, dtype=torch.float32).requires_grad_(True)
+
+    def loss_on(batch: torch.Tensor) -> torch.Tensor:
+        unit = direction / direction.norm()
+        return ((batch @ unit) ** 2).mean()
+
+    evaluation = design.minibatch(rng=np.random.default_rng(seed + 1), size=design.count)
+    loss_init = float(loss_on(evaluation).detach())
+    optimizer = torch.optim.Adam([direction], lr=lr)
+    for _ in range(iterations):
+        optimizer.zero_grad()
+        loss = loss_on(design.minibatch(rng=rng, size=batch_size))
+        loss.backward()
+        optimizer.step()
+    loss_final = float(loss_on(evaluation).detach())
+    unit = direction.detach().numpy().astype(np.float64)
+    unit /= np.linalg.norm(unit)
+    return Canary(kind="update", health=_health(loss_init, loss_final), loss_init=loss_init, loss_final=loss_final, direction=unit)
+

@@ -1,0 +1,319 @@
+"""Prepared per-user arrays on disk, and the base class of the naturally partitioned data sets.
+
+A prepared data set is a folder of ``.npy`` files whose rows are sorted by user:
+
+```
+meta.json      format version, what it was prepared from, data-set specific fields
+users.json     user names, in store order
+offsets.npy    int64 (num_users + 1,): user u owns rows offsets[u] .. offsets[u+1]-1
+x.npy, y.npy   the samples (any dtype / shape; read memory-mapped)
+is_test.npy    optional bool per row: a split given by the source (LEAF's train/test files)
+```
+
+Loaders open the arrays memory-mapped, so building a data set of a million users reads
+only ``offsets`` and ``users``; a client's rows are read when that client trains.
+A folder is written to a temporary sibling and renamed into place, so a killed
+preparation never leaves a half-written store that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import operator
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedsim.data.base import ClientData, FederatedDataset
+from fedsim.data.partition import train_test_sizes, train_test_split_indices
+from fedsim.errors import DataError
+
+#: bump when the layout of prepared folders changes (old caches are then re-prepared)
+FORMAT_VERSION = 1
+#: environment variable naming where prepared caches go when the data folder is read-only
+CACHE_ENV = "FEDSIM_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """``$FEDSIM_CACHE`` or ``$XDG_CACHE_HOME/fedsim`` or ``~/.cache/fedsim``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fedsim"
+
+
+def prepared_dir(root: Path, name: str) -> Path:
+    """Where the prepared form of ``name`` under ``root`` lives.
+
+    ``ROOT/prepared/NAME/`` when ``root`` is writable; otherwise (e.g. shared, read-only sample
+    data) a folder of the user cache keyed by the absolute path of ``root``.
+    """
+    root = Path(root).resolve()
+    # os.access alone says yes to root for any folder; a folder without write bits (shared,
+    # read-only sample data) is left alone
+    if os.access(root, os.W_OK) and root.stat().st_mode & 0o222:
+        return root / "prepared" / name
+    key = hashlib.sha1(str(root).encode()).hexdigest()[:12]
+    return default_cache_dir() / f"{name}-{key}"
+
+
+def source_stamp(paths: list[Path]) -> list[dict[str, Any]]:
+    """Name, size and modification time of the source files (cheap change detection)."""
+    return [
+        {"name": p.name, "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in paths
+    ]
+
+
+def read_meta(folder: Path) -> dict[str, Any] | None:
+    """The meta.json of a prepared folder, or None if it is absent or unreadable."""
+    try:
+        return json.loads((Path(folder) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_current(folder: Path, *, kind: str, sources: list[Path], params: dict[str, Any]) -> bool:
+    """Whether ``folder`` holds a complete store prepared from these sources and params."""
+    meta = read_meta(folder)
+    return bool(
+        meta
+        and meta.get("format") == FORMAT_VERSION
+        and meta.get("kind") == kind
+        and meta.get("sources") == source_stamp(sources)
+        and meta.get("params") == params
+    )
+
+
+def write_store(
+    folder: Path,
+    *,
+    kind: str,
+    sources: list[Path],
+    params: dict[str, Any],
+    users: list[str],
+    offsets: np.ndarray,
+    arrays: dict[str, np.ndarray],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a prepared folder atomically (temporary sibling, then rename).
+
+    Args:
+        folder: Destination folder (replaced if it exists).
+        kind: What the store holds (checked when it is read back).
+        sources: The raw files it was made from (their size and mtime are recorded).
+        params: Preparation parameters (a change re-prepares).
+        users: User names in store order.
+        offsets: Row offsets per user, length ``len(users) + 1``.
+        arrays: ``name -> array`` written as ``name.npy`` (``x``, ``y``, ``is_test``...).
+        extra: More fields for meta.json.
+
+    Returns:
+        The folder.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if offsets.shape != (len(users) + 1,):
+        raise DataError(f"internal: {len(users)} users need {len(users) + 1} offsets, got {offsets.shape}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        np.save(tmp / "offsets.npy", offsets)
+        for key, value in arrays.items():
+            np.save(tmp / f"{key}.npy", value)
+        (tmp / "users.json").write_text(json.dumps(users))
+        meta = {
+            "format": FORMAT_VERSION,
+            "kind": kind,
+            "sources": source_stamp(sources),
+            "params": params,
+            "num_users": len(users),
+            "num_rows": int(offsets[-1]),
+            **(extra or {}),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))  # written last: marks complete
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+class UserStore:
+    """A prepared folder opened read-only with its arrays memory-mapped."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        meta = read_meta(self.folder)
+        if meta is None:
+            raise DataError(f"prepared data in {self.folder} is missing or incomplete; prepare it again")
+        self.meta = meta
+        self.users: list[str] = json.loads((self.folder / "users.json").read_text())
+        self.offsets = np.load(self.folder / "offsets.npy")
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def array(self, key: str) -> np.ndarray:
+        """A stored array, memory-mapped (opened on first use)."""
+        if key not in self._arrays:
+            self._arrays[key] = np.load(self.folder / f"{key}.npy", mmap_mode="r")
+        return self._arrays[key]
+
+    def has(self, key: str) -> bool:
+        return (self.folder / f"{key}.npy").is_file()
+
+    def rows(self, user: int, key: str) -> np.ndarray:
+        """A copy of one user's rows of an array."""
+        lo, hi = int(self.offsets[user]), int(self.offsets[user + 1])
+        return np.array(self.array(key)[lo:hi])
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+class NaturalUsersDataset(FederatedDataset):
+    """Users as the data defines them (tweet author, play role, celebrity), LEAF style.
+
+    Subclasses provide ``_user_names()``, ``_user_count(u)`` (samples of stored user u),
+    ``_user_samples(u)`` (that user's inputs and labels as tensors, read lazily) and
+    optionally ``_user_test_mask(u)`` (a split given by the source, e.g. LEAF's files).
+    ``max_samples`` caps a user's samples by a seeded random subset (for CPU-sized runs). Selection, in this order, with generators seeded from
+    ``seed``: keep users with at least ``min_samples`` samples; keep a random
+    ``user_fraction`` of them (LEAF's ``--sf``); shuffle; the first ``num_clients`` train,
+    the next ``design_pool_size`` form the adversary's design pool (disjoint, never
+    sampled for training). A user's own samples are split into train and test parts by a
+    generator keyed by the user, so the split does not depend on which users were chosen.
+    """
+
+    _users: np.ndarray  # store user index per client id
+
+    def _select_users(
+        self,
+        *,
+        counts: np.ndarray,
+        num_clients: int,
+        design_pool_size: int,
+        min_samples: int,
+        user_fraction: float,
+        seed: int,
+    ) -> None:
+        if num_clients < 1:
+            raise DataError(f"{self.name} needs at least 1 client, got num_clients={num_clients}")
+        if design_pool_size < 0:
+            raise DataError(f"design_pool_size must be >= 0, got {design_pool_size}")
+        if min_samples < 1:
+            raise DataError(f"{self.name} option min_samples={min_samples} is invalid; must be >= 1")
+        if not 0 < user_fraction <= 1:
+            raise DataError(f"{self.name} option user_fraction={user_fraction} is invalid; must be in (0, 1]")
+        if seed < 0:
+            raise DataError(f"seed must be >= 0, got {seed}")
+        eligible = np.flatnonzero(np.asarray(counts) >= min_samples)
+        rng = np.random.default_rng([seed, 7, 0])
+        if user_fraction < 1:
+            keep = max(1, int(round(user_fraction * len(eligible))))
+            eligible = np.sort(rng.choice(eligible, size=keep, replace=False)) if len(eligible) else eligible
+        needed = num_clients + design_pool_size
+        if len(eligible) < needed:
+            raise DataError(
+                f"{self.name} has {len(eligible)} users with at least {min_samples} samples"
+                f"{f' (after user_fraction={user_fraction})' if user_fraction < 1 else ''}, fewer than "
+                f"num_clients + design_pool = {num_clients} + {design_pool_size}; lower data.num_clients "
+                "or data.design_pool, or data.options.min_samples"
+            )
+        self._users = rng.permutation(eligible)[:needed].astype(np.int64)
+        self._num_clients = int(num_clients)
+        self._design_pool_size = int(design_pool_size)
+
+    @property
+    def num_clients(self) -> int:
+        return self._num_clients
+
+    @property
+    def design_pool_size(self) -> int:
+        return self._design_pool_size
+
+    def user_name(self, client_id: int) -> str:
+        """The natural user (tweet author, play and role, celebrity id) behind a client id."""
+        return self._user_names()[int(self._users[self._check_id(client_id)])]
+
+    # --- subclass hooks -------------------------------------------------------------
+    def _user_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def _user_samples(self, user: int) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _user_test_mask(self, user: int) -> np.ndarray | None:
+        """A train/test split given by the source (True = test), or None to draw one."""
+        return None
+
+    def _user_count(self, user: int) -> int:
+        raise NotImplementedError
+
+    def _split(self, user: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Train and test row indices of a user's ``n`` (kept) samples."""
+        rng = np.random.default_rng([self.seed, 11, user])
+        return train_test_split_indices(num_samples=n, test_fraction=self.test_fraction, rng=rng)
+
+    #: whether the base class applies ``max_samples`` by a random subset of rows
+    _random_cap = True
+    max_samples: int | None = None
+
+    def _kept(self, user: int) -> np.ndarray | None:
+        if not self._random_cap:
+            return None
+        return cap_rows(self._user_count(user), self.max_samples, seed=self.seed, user=user)
+
+    # --- FederatedDataset -----------------------------------------------------------
+    def num_train_samples(self, client_id: int) -> int:
+        user = int(self._users[self._check_id(client_id)])
+        keep = self._kept(user)
+        mask = self._user_test_mask(user)
+        if mask is not None:
+            return int((~(mask if keep is None else mask[keep])).sum())
+        n = self._user_count(user) if keep is None else len(keep)
+        return train_test_sizes(num_samples=n, test_fraction=self.test_fraction)[0]
+
+    def client(self, client_id: int) -> ClientData:
+        user = int(self._users[self._check_id(client_id)])
+        x, y = self._user_samples(user)
+        mask = self._user_test_mask(user)
+        keep = self._kept(user)
+        if keep is not None:
+            keep_t = torch.from_numpy(keep)
+            x, y = x[keep_t], y[keep_t]
+            mask = None if mask is None else mask[keep]
+        if mask is not None:
+            train, test = np.flatnonzero(~mask), np.flatnonzero(mask)
+        else:
+            train, test = self._split(user, int(y.shape[0]))
+        train_t, test_t = torch.from_numpy(train), torch.from_numpy(test)
+        return ClientData(x_train=x[train_t], y_train=y[train_t], x_test=x[test_t], y_test=y[test_t])
+
+    def _check_id(self, client_id: int) -> int:
+        try:
+            cid = operator.index(client_id)
+        except TypeError:
+            raise DataError(f"client id must be an integer, got {client_id!r}") from None
+        total = self._num_clients + self._design_pool_size
+        if not 0 <= cid < total:
+            raise DataError(
+                f"client id {cid} is out of range; {self.name} has ids 0..{total - 1} "
+                f"({self._num_clients} clients + {self._design_pool_size} design-pool users)"
+            )
+        return cid
+
+
+def cap_rows(n: int, max_samples: int | None, *, seed: int, user: int) -> np.ndarray | None:
+    """A seeded, sorted subset of ``range(n)`` of size ``max_samples`` (None: keep all)."""
+    if max_samples is None or n <= max_samples:
+        return None
+    rng = np.random.default_rng([seed, 13, user])
+    return np.sort(rng.choice(n, size=max_samples, replace=False))
