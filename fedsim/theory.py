@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import dp_accounting
+
 from fedsim.clients.training import local_steps
 from fedsim.config import Scenario
 from fedsim.privacy import (
@@ -55,13 +57,10 @@ class TheoryTracker:
         if self.mode == "local_dpsgd":
             n = max(1, min_client_samples or 1)
             batch = min(scenario.client.batch_size, n)
-            self._local_event = (
-                dpsgd_round_event,
-                dict(
-                    noise_multiplier=scenario.dp.noise_multiplier,
-                    sample_rate=batch / n,
-                    steps=local_steps(num_examples=n, batch_size=batch, epochs=scenario.client.epochs),
-                ),
+            self._local_event = dpsgd_round_event(
+                noise_multiplier=scenario.dp.noise_multiplier,
+                sample_rate=batch / n,
+                steps=local_steps(num_examples=n, batch_size=batch, epochs=scenario.client.epochs),
             )
         self.rounds = 0
 
@@ -71,10 +70,7 @@ class TheoryTracker:
         if self.mode == "none":
             return TheoryEpsilon(math.inf, math.inf, math.inf)
         if self._local_event is not None:
-            import dp_accounting
-
-            make, kwargs = self._local_event
-            one = make(**kwargs)
+            one = self._local_event
             total = dp_accounting.SelfComposedDpEvent(one, self.rounds)
             return TheoryEpsilon(
                 round=epsilon_for_event(event=one, delta=self.delta, accountant="pld"),

@@ -13,9 +13,11 @@ Raw input, under the data root (``source=auto`` takes the first found):
 A user's lines are joined with spaces into one text; its samples are every 80-character
 window with the next character as label, encoded in LEAF's 80-character alphabet (+1 id
 for other characters: 81 classes). Raw texts are stored once per user (not 80 times), and
-windows are cut when the client trains. A drawn split is contiguous: the first part of
-the user's text trains, the test windows start 80 characters after the last training
-window, so no test character is ever inside a training window.
+windows are cut when the client trains. A drawn split is contiguous, like LEAF's: the
+first windows train, then 80 windows are skipped, then the test windows, so no test
+character is ever inside a training window (LEAF's test files count those 79-80 skipped
+windows in num_samples). ``max_samples`` takes a seeded contiguous stretch of
+``max_samples`` usable windows (plus the gap).
 """
 
 from __future__ import annotations
@@ -247,8 +249,22 @@ class ShakespeareDataset(NaturalUsersDataset):
     def _user_count(self, user: int) -> int:
         n = int(self._counts[user])
         if self._stream and self.max_samples is not None:
-            n = min(n, self.max_samples)
+            # the stretch holds max_samples usable windows plus the train/test gap
+            n = min(n, self.max_samples + (SEQ_LEN if self.test_fraction > 0 else 0))
         return n
+
+    def _stream_sizes(self, n: int) -> tuple[int, int, int]:
+        """(train, test, gap) windows of a stretch of ``n`` windows (train, gap, test)."""
+        gap = SEQ_LEN if self.test_fraction > 0 and n > SEQ_LEN + 1 else 0
+        if gap == 0:
+            return n, 0, 0
+        num_train, num_test = train_test_sizes(num_samples=n - gap, test_fraction=self.test_fraction)
+        return num_train, num_test, gap
+
+    def num_train_samples(self, client_id: int) -> int:
+        if not self._stream:
+            return super().num_train_samples(client_id)
+        return self._stream_sizes(self._user_count(int(self._users[self._check_id(client_id)])))[0]
 
     def _user_samples(self, user: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not self._stream:
@@ -270,6 +286,6 @@ class ShakespeareDataset(NaturalUsersDataset):
     def _split(self, user: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         if not self._stream:
             return super()._split(user, n)
-        num_train, _ = train_test_sizes(num_samples=n, test_fraction=self.test_fraction)
-        test_start = num_train + SEQ_LEN if self.test_fraction > 0 else n
-        return np.arange(num_train, dtype=np.int64), np.arange(test_start, n, dtype=np.int64)
+        num_train, num_test, gap = self._stream_sizes(n)
+        test_start = num_train + gap
+        return np.arange(num_train, dtype=np.int64), np.arange(test_start, test_start + num_test, dtype=np.int64)

@@ -127,5 +127,6 @@ def test_sent140_clients_train(sent140_root):
     train_client(model=model, data=pooled, settings=settings, seed=0)
     after = evaluate_client(model=model, data=ClientData(pooled.x_train, pooled.y_train, pooled.x_train, pooled.y_train))
     assert after[0] < 0.8 * before[0]  # training loss on the users' tweets fell
-    assert after[1] / after[2] > 0.7
+    majority = max(float(pooled.y_train.float().mean()), 1 - float(pooled.y_train.float().mean()))
+    assert after[1] / after[2] > majority + 0.1  # better than always guessing the larger class
     assert np.isfinite(after[0])
