@@ -19,7 +19,7 @@ def test_fedadam_steps_are_scale_free_and_follow_the_update_sign():
     update = np.array([1e-3, -2e-3, 5e-4])
     a = small.step(params=params, mean_update=update)
     b = large.step(params=params, mean_update=update * 1000)
-    np.testing.assert_allclose(a, b, rtol=1e-5)  # Adam normalises by sqrt(v)
+    np.testing.assert_allclose(a, b, rtol=1e-4)  # Adam normalises by sqrt(v)
     # first step: m = 0.1 u, v = 0.01 u^2 -> step = lr * 0.1 u / (0.1 |u|) = lr * sign(u)
     np.testing.assert_allclose(a, 0.1 * np.sign(update), rtol=1e-4)
 
