@@ -31,7 +31,7 @@ from fedsim.data.base import ClientData, FederatedDataset
 from fedsim.experiment import model_for, train_settings
 from fedsim.params import flatten_state, unflatten_state
 from fedsim.seeding import AUDIT, round_rng
-from fedsim.strategies.aggregation import clip_factors
+from fedsim.strategies.aggregation import clip_updates
 from fedsim.strategies.dp import Aggregator
 
 
@@ -103,9 +103,8 @@ class CanaryAuditor:
             canary, update = self._canary(start=start, params=params, design=design, clip_norm=clip_norm, seed=seed)
         finally:
             design.close()
-        norm = float(np.linalg.norm(update))
         if clip_norm is not None:
-            update = update * clip_factors(np.array([norm]), clip_norm)[0]  # as the canary's client clips
+            update = clip_updates(update[None], clip_norm=clip_norm)[0]  # as the canary's client clips
         contribution = float(np.linalg.norm(update))
         direction = update / max(contribution, 1e-12)
         scores_with, scores_without = self._test(

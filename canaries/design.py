@@ -18,7 +18,7 @@ import torch
 from fedsim.clients.work import train_one
 from fedsim.config import Scenario
 from fedsim.params import flatten_state
-from fedsim.strategies.aggregation import clip_factors
+from fedsim.strategies.aggregation import clip_updates
 
 IN_MEMORY_BYTES = 256 * 2**20
 
@@ -46,7 +46,7 @@ class DesignPool:
             trained = train_one(scenario=scenario, start=start, client_id=client_id, round_number=round_number)
             update = flatten_state(trained.state) - start_flat
             if clip_norm is not None:
-                update = update * clip_factors(np.array([np.linalg.norm(update)]), clip_norm)[0]
+                update = clip_updates(update[None], clip_norm=clip_norm)[0]
             pool.rows[row] = update
         return pool
 

@@ -15,7 +15,7 @@ from fedsim.clients.work import evaluate_many, train_one
 from fedsim.config import Scenario
 from fedsim.loop import TrainedReply
 from fedsim.params import flatten_state
-from fedsim.strategies.aggregation import clip_factors
+from fedsim.strategies.aggregation import clip_updates
 
 
 class InProcessTransport:
@@ -31,8 +31,7 @@ class InProcessTransport:
             trained = train_one(scenario=self.scenario, start=state, client_id=int(client_id), round_number=round_number)
             flat = flatten_state(trained.state)
             if self.scenario.dp.mode == "client_fixed":
-                factor = clip_factors(np.array([trained.update_norm]), self.scenario.dp.clip_norm)[0]
-                flat = start + (flat - start) * factor
+                flat = start + clip_updates((flat - start)[None], clip_norm=self.scenario.dp.clip_norm)[0]
             replies.append(TrainedReply(trained.client_id, flat, trained.num_examples, trained.update_norm, trained.train_loss))
         return replies
 

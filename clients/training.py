@@ -6,7 +6,6 @@ ClientApp, a design-pool mock client of the canary audit, or many clients in a l
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -52,6 +51,12 @@ def train_client(*, model: nn.Module, data: ClientData, settings: TrainSettings,
     training runs through Opacus (per-sample clipping, Gaussian noise, Poisson batches)
     with its noise drawn from the same seeded generator.
     """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # dropout and anything else drawing from torch's global RNG
+        return _train(model=model, data=data, settings=settings, seed=seed)
+
+
+def _train(*, model: nn.Module, data: ClientData, settings: TrainSettings, seed: int) -> TrainResult:
     generator = torch.Generator().manual_seed(seed)
     dataset = TensorDataset(data.x_train, data.y_train)
     loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, generator=generator)
@@ -106,7 +111,3 @@ def evaluate_client(*, model: nn.Module, data: ClientData, batch_size: int = 256
         correct += int((logits.argmax(dim=1) == y).sum())
     return loss_sum, correct, data.num_test
 
-
-def local_steps(*, num_examples: int, batch_size: int, epochs: int) -> int:
-    """Optimiser steps of one local training (expected, for Poisson batches)."""
-    return epochs * max(1, math.ceil(num_examples / batch_size))

@@ -6,7 +6,6 @@ once. Every error names the key, the bad value and what is allowed, on one line.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -20,7 +19,7 @@ Sampling = Literal["poisson", "fixed"]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -101,7 +100,7 @@ class AuditConfig(_Section):
     norm_constant: float | None = Field(None, gt=0, description="C_norm; default clip_norm / client.lr")
     tests: int = Field(50_000, ge=10, description="with/without aggregates per attacked round")
     confidence: float = Field(0.95, gt=0, lt=1)
-    estimators: list[Literal["gaussian", "threshold"]] = Field(default_factory=lambda: ["gaussian", "threshold"])
+    estimators: list[Literal["gaussian", "threshold"]] = Field(default_factory=lambda: ["gaussian", "threshold"], min_length=1)
 
 
 class RayConfig(_Section):
@@ -117,8 +116,8 @@ class RayConfig(_Section):
 class Scenario(_Section):
     """A whole simulated run."""
 
-    name: str = "scenario"
-    seed: int = 0
+    name: str = Field("scenario", pattern=r"^[A-Za-z0-9_.-]+$", description="letters, digits, '_', '.', '-'")
+    seed: int = Field(0, ge=0, lt=2**63)
     rounds: int = Field(10, ge=1)
     clients_per_round: int = Field(10, ge=1)
     sampling: Sampling = "poisson"
@@ -232,9 +231,6 @@ def scenario_from_dict(tree: dict[str, Any], *, overrides: list[str] | None = No
         scenario = Scenario.model_validate(tree)
     except ValidationError as error:
         raise ScenarioError(_one_line(error)) from None
-    for name in ("noise_multiplier", "clip_norm"):
-        if not math.isfinite(getattr(scenario.dp, name)):
-            raise ScenarioError(f"scenario key 'dp.{name}' must be finite")
     return scenario
 
 
@@ -244,7 +240,9 @@ def load_scenario(path: str | Path, *, overrides: list[str] | None = None) -> Sc
     if not path.is_file():
         raise ScenarioError(f"scenario file {str(path)!r} not found; pass a path such as scenarios/quickstart.yaml")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError) as error:
+        raise ScenarioError(f"cannot read scenario file {str(path)!r} ({error}); pass a UTF-8 YAML file") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

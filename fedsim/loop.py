@@ -68,7 +68,7 @@ class RoundLoop:
         self.dataset = dataset_for(scenario)
         model = model_for(scenario, self.dataset)
         self.template = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        self.params = flatten_state(self.template)
+        self.params = flatten_state(self.template).astype(np.float32).astype(np.float64)
         self.aggregator = build_aggregator(scenario=scenario)
         self.optimizer = build_server_optimizer(scenario=scenario)
         min_samples = None
@@ -108,7 +108,8 @@ class RoundLoop:
         )
         replies = transport.train(round_number=round_number, state=self.state(), cohort=cohort) if len(cohort) else []
         replies = sorted(replies, key=lambda reply: reply.client_id)
-        updates = np.array([reply.trained - self.params for reply in replies]).reshape(len(replies), -1)
+        dim = self.params.shape[0]
+        updates = np.stack([r.trained - self.params for r in replies]) if replies else np.zeros((0, dim))
         norms = np.array([reply.update_norm for reply in replies])
         audit = None
         if self.auditor is not None and self.auditor.should_audit(round_number):
@@ -127,7 +128,9 @@ class RoundLoop:
             reported_norms=norms if scenario.dp.mode == "client_fixed" else None,
             rng=rng,
         )
-        self.params = self.optimizer.step(params=self.params, mean_update=aggregate.mean_update)
+        # clients receive float32 weights: keep the server's copy exactly what it sends
+        new_params = self.optimizer.step(params=self.params, mean_update=aggregate.mean_update)
+        self.params = new_params.astype(np.float32).astype(np.float64)
         epsilon = self.theory.step(noise_multiplier=self.aggregator.noise_multiplier)
         eval_loss = eval_accuracy = None
         if round_number % scenario.evaluation.every == 0 or round_number == scenario.rounds:

@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import secrets
+import threading
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
@@ -85,6 +86,7 @@ class RunStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock = threading.Lock()  # the server thread appends while the driver may finish
 
     @property
     def run_id(self) -> str:
@@ -144,13 +146,14 @@ class RunStore:
         unknown = set(row) - set(ROUND_COLUMNS)
         if unknown:
             raise ValueError(f"unknown round columns: {sorted(unknown)}")
-        with open(self.rounds_path, "a", newline="") as handle:
-            csv.writer(handle).writerow([_cell(row.get(column)) for column in ROUND_COLUMNS])
-            handle.flush()
-            os.fsync(handle.fileno())
-        manifest = self.manifest()
-        manifest["rounds_completed"] = int(row["round"])
-        write_json_atomic(self.manifest_path, manifest)
+        with self._lock:
+            with open(self.rounds_path, "a", newline="") as handle:
+                csv.writer(handle).writerow([_cell(row.get(column)) for column in ROUND_COLUMNS])
+                handle.flush()
+                os.fsync(handle.fileno())
+            manifest = self.manifest()
+            manifest["rounds_completed"] = int(row["round"])
+            write_json_atomic(self.manifest_path, manifest)
 
     def write_audit(self, *, round_number: int, scores_with, scores_without, summary: dict[str, Any]) -> None:
         """Keep one attacked round's raw scores (audits/round_NNNN.csv) and its summary
@@ -170,9 +173,10 @@ class RunStore:
 
     def finish(self, *, status: Status, error: str | None = None) -> None:
         """Record how the run ended."""
-        manifest = self.manifest()
-        manifest.update(status=status, ended_at=_now(), error=error)
-        write_json_atomic(self.manifest_path, manifest)
+        with self._lock:
+            manifest = self.manifest()
+            manifest.update(status=status, ended_at=_now(), error=error)
+            write_json_atomic(self.manifest_path, manifest)
 
     def rounds(self) -> list[dict[str, str]]:
         """The rows of rounds.csv as written (strings; empty where missing)."""

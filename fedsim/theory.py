@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import dp_accounting
 
-from fedsim.clients.training import local_steps
 from fedsim.config import Scenario
 from fedsim.privacy import (
     RoundAccountant,
@@ -55,12 +54,13 @@ class TheoryTracker:
         )
         self._local_event = None
         if self.mode == "local_dpsgd":
+            # Opacus' Poisson batches: rate 1 / len(loader) = 1 / ceil(n / B), that many steps per epoch
             n = max(1, min_client_samples or 1)
-            batch = min(scenario.client.batch_size, n)
+            steps_per_epoch = math.ceil(n / scenario.client.batch_size)
             self._local_event = dpsgd_round_event(
                 noise_multiplier=scenario.dp.noise_multiplier,
-                sample_rate=batch / n,
-                steps=local_steps(num_examples=n, batch_size=batch, epochs=scenario.client.epochs),
+                sample_rate=1 / steps_per_epoch,
+                steps=scenario.client.epochs * steps_per_epoch,
             )
         self.rounds = 0
 

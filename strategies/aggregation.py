@@ -1,8 +1,8 @@
 """The clip-sum-noise core of DP-FedAvg, on flat update vectors.
 
 These pure functions are the one place where updates are clipped, summed and noised:
-the strategies use them for the real rounds and the canary audit uses them to replay
-aggregates, so both always run the same code.
+the strategies use them for the real rounds and the canary audit replays the strategies'
+releases, so both always run the same code.
 """
 
 from __future__ import annotations
@@ -20,18 +20,15 @@ def clip_factors(norms: np.ndarray, clip_norm: float) -> np.ndarray:
     return np.minimum(1.0, clip_norm / np.maximum(norms, 1e-12))
 
 
-def clipped_sum(updates: np.ndarray, *, clip_norm: float) -> tuple[np.ndarray, int]:
-    """Sum of updates each clipped to L2 norm ``clip_norm``, and how many were clipped."""
-    if len(updates) == 0:
-        return np.zeros(updates.shape[1], dtype=np.float64), 0
-    norms = update_norms(updates)
-    factors = clip_factors(norms, clip_norm)
-    total = (updates.astype(np.float64) * factors[:, None]).sum(axis=0)
-    return total, int(np.count_nonzero(norms > clip_norm))
+def clip_updates(updates: np.ndarray, *, clip_norm: float) -> np.ndarray:
+    """Each row of ``updates`` (n, d) clipped to L2 norm ``clip_norm``."""
+    return updates * clip_factors(update_norms(updates), clip_norm)[:, None]
 
 
-def gaussian_noise(*, dim: int, std: float, rng: np.random.Generator) -> np.ndarray:
-    """Isotropic Gaussian noise N(0, std^2 I_dim)."""
-    if std == 0:
-        return np.zeros(dim)
-    return rng.normal(0.0, std, size=dim)
+def noisy_sums(updates: np.ndarray, *, include: np.ndarray, noise_std: float, rng: np.random.Generator) -> np.ndarray:
+    """For each row t of the boolean (T, n) ``include``: the sum of the included rows of
+    ``updates`` plus fresh N(0, noise_std^2 I) noise. Returns a (T, d) array."""
+    sums = include.astype(np.float64) @ np.asarray(updates, dtype=np.float64).reshape(include.shape[1], -1)
+    if noise_std > 0:
+        sums = sums + rng.normal(0.0, noise_std, size=sums.shape)
+    return sums

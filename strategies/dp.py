@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.strategies.aggregation import clip_factors, clipped_sum, gaussian_noise, update_norms
+from fedsim.strategies.aggregation import clip_updates, noisy_sums, update_norms
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,6 @@ class Aggregator(ABC):
 
     #: noise multiplier of the whole round's release, for the accountant (0: no DP)
     noise_multiplier: float = 0.0
-    #: True where clients clip their own updates (the server must not rely on clipping)
-    clients_clip: bool = False
 
     @property
     def clip_norm_now(self) -> float | None:
@@ -52,7 +50,8 @@ class Aggregator(ABC):
         """The noisy sum this strategy releases for a cohort's updates.
 
         Exactly the clip-sum-noise of a real round, without changing any state: the
-        canary audit replays it on re-drawn cohorts.
+        canary audit replays it (through :meth:`release_many`, the same code) on
+        re-drawn cohorts.
         """
 
     def release_many(self, updates: np.ndarray, *, include: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -86,7 +85,10 @@ class PlainAggregator(Aggregator):
     """FedAvg without DP: the mean of updates weighted by example counts."""
 
     def release(self, updates: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
-        return updates.astype(np.float64).sum(axis=0) if len(updates) else np.zeros(updates.shape[1])
+        return self.release_many(updates, include=np.ones((1, len(updates)), dtype=bool), rng=rng)[0]
+
+    def release_many(self, updates: np.ndarray, *, include: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return noisy_sums(updates, include=include, noise_std=0.0, rng=rng)
 
     def aggregate(self, *, updates, weights, reported_norms, rng) -> RoundAggregate:
         if len(updates) == 0:
@@ -115,28 +117,17 @@ class FixedClippingAggregator(Aggregator):
         self.clip_on_server = clip_on_server
 
     @property
-    def clients_clip(self) -> bool:
-        return not self.clip_on_server
-
-    @property
     def clip_norm_now(self) -> float:
         return self.clip_norm
 
     def release(self, updates: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
-        if self.clip_on_server:
-            total, _ = clipped_sum(updates, clip_norm=self.clip_norm)
-        else:
-            if len(updates) and np.any(update_norms(updates) > self.clip_norm * (1 + 1e-4)):
-                raise RuntimeError("a client sent an update above the clip norm; client-side clipping failed")
-            total = updates.astype(np.float64).sum(axis=0) if len(updates) else np.zeros(updates.shape[1])
-        return total + gaussian_noise(dim=total.shape[0], std=self.noise_multiplier * self.clip_norm, rng=rng)
+        return self.release_many(updates, include=np.ones((1, len(updates)), dtype=bool), rng=rng)[0]
 
     def release_many(self, updates: np.ndarray, *, include: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if not self.clip_on_server and len(updates) and np.any(update_norms(updates) > self.clip_norm * (1 + 1e-4)):
             raise RuntimeError("a client sent an update above the clip norm; client-side clipping failed")
-        clipped = updates * clip_factors(update_norms(updates), self.clip_norm)[:, None] if self.clip_on_server else updates
-        sums = include.astype(np.float64) @ clipped.astype(np.float64)
-        return sums + rng.normal(0.0, self.noise_multiplier * self.clip_norm, size=sums.shape)
+        clipped = clip_updates(updates, clip_norm=self.clip_norm) if self.clip_on_server else updates
+        return noisy_sums(clipped, include=include, noise_std=self.noise_multiplier * self.clip_norm, rng=rng)
 
     def aggregate(self, *, updates, weights, reported_norms, rng) -> RoundAggregate:
         norms = update_norms(updates) if reported_norms is None else np.asarray(reported_norms)
@@ -192,14 +183,11 @@ class AdaptiveClippingAggregator(Aggregator):
         return self.clip_norm
 
     def release(self, updates: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
-        total, _ = clipped_sum(updates, clip_norm=self.clip_norm)
-        std = self.update_noise_multiplier * self.clip_norm
-        return total + gaussian_noise(dim=total.shape[0], std=std, rng=rng)
+        return self.release_many(updates, include=np.ones((1, len(updates)), dtype=bool), rng=rng)[0]
 
     def release_many(self, updates: np.ndarray, *, include: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        clipped = updates * clip_factors(update_norms(updates), self.clip_norm)[:, None]
-        sums = include.astype(np.float64) @ clipped.astype(np.float64)
-        return sums + rng.normal(0.0, self.update_noise_multiplier * self.clip_norm, size=sums.shape)
+        clipped = clip_updates(updates, clip_norm=self.clip_norm)
+        return noisy_sums(clipped, include=include, noise_std=self.update_noise_multiplier * self.clip_norm, rng=rng)
 
     def aggregate(self, *, updates, weights, reported_norms, rng) -> RoundAggregate:
         clip_norm = self.clip_norm

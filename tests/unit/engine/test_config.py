@@ -47,6 +47,10 @@ def test_scenario_is_frozen():
         (["clients_per_round=500"], ["clients_per_round", "500", "num_clients"]),
         (["colour=red"], ["colour", "allowed keys", "rounds"]),
         (["rounds"], ["key=value"]),
+        (["client.lr=.inf"], ["client.lr", "finite"]),
+        (["seed=100000000000000000000"], ["seed", "less than"]),
+        (["name=../x"], ["name", "pattern"]),
+        (["audit.estimators=[]"], ["audit.estimators", "at least 1"]),
     ],
 )
 def test_bad_values_give_one_line_errors_naming_the_problem(overrides, must_contain):
@@ -65,6 +69,10 @@ def test_missing_file_and_bad_yaml_are_scenario_errors(tmp_path):
     bad.write_text("rounds: [1,\n")
     with pytest.raises(ScenarioError, match="not valid YAML"):
         load_scenario(bad)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ScenarioError, match="UTF-8"):
+        load_scenario(latin)
     listing = tmp_path / "list.yaml"
     listing.write_text("- 1\n- 2\n")
     with pytest.raises(ScenarioError, match="mapping"):

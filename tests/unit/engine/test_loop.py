@@ -71,7 +71,7 @@ def test_fixed_cohort_is_accounted_with_rdp_and_exceeds_poisson(tmp_path, projec
     poisson = run_scenario(scenario=_scenario(project_root), out_dir=tmp_path, engine="inprocess").rows
     fixed = run_scenario(scenario=_scenario(project_root, "sampling=fixed"), out_dir=tmp_path, engine="inprocess").rows
     assert all(row["clients"] == 5 for row in fixed)
-    assert len({row["clients"] for row in poisson}) > 1 or poisson[0]["clients"] != 5
+    assert len({row["clients"] for row in poisson}) > 1  # Poisson cohort sizes vary (seeded: 5, 4, 8, 3)
     # fixed cohorts: RDP under replace-one is the headline, and it is the larger epsilon
     assert fixed[-1]["epsilon_cumulative_theory"] == fixed[-1]["epsilon_cumulative_theory_rdp"]
     assert fixed[-1]["epsilon_cumulative_theory"] > poisson[-1]["epsilon_cumulative_theory"]

@@ -3,7 +3,8 @@
 Reference figures come from the literature / DESIGN.md, not from this code:
 Poisson, noise 1.0, q 0.01, 1,000 rounds, delta 1e-5: PLD 1.83, RDP 2.10;
 noise 1.0, q 1, 1 round: PLD 4.38, RDP 4.73; without replacement 10 of 1,000, noise 1.0,
-1,000 rounds, RDP replace-one: 3.58; sigma 1.0, q 0.01, 100 steps: PLD 0.718, RDP 1.214.
+1,000 rounds, RDP replace-one: 20.99 with the replace-one sensitivity 2C (3.58 if built
+naively, see the test); sigma 1.0, q 0.01, 100 steps: PLD 0.718, RDP 1.214.
 """
 
 import json
@@ -52,7 +53,10 @@ def test_cumulative_epsilon_matches_reference(accountant, sampling_rate, rounds,
     assert eps == pytest.approx(expected, rel=0.01)
 
 
-def test_without_replacement_rdp_matches_reference():
+def test_without_replacement_accounts_for_replace_one_sensitivity_2c():
+    """Under replace-one adjacency a clipped sum has sensitivity 2C (google/differential-
+    privacy issue #378): the event must carry z / 2. Built naively with z, dp-accounting
+    reports 3.58 for this setting, a fourfold underestimate of the RDP."""
     eps = cumulative_epsilon(
         noise_multiplier=1.0,
         sampling_rate=0.01,
@@ -62,7 +66,25 @@ def test_without_replacement_rdp_matches_reference():
         population=1000,
         accountant="rdp",
     )
-    assert eps == pytest.approx(3.58, rel=0.005)
+    naive = dp_accounting.rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+    naive.compose(
+        dp_accounting.SelfComposedDpEvent(
+            dp_accounting.SampledWithoutReplacementDpEvent(1000, 10, dp_accounting.GaussianDpEvent(1.0)), 1000
+        )
+    )
+    assert naive.get_epsilon(DELTA) == pytest.approx(3.58, rel=0.005)
+    assert eps == pytest.approx(20.99, rel=0.01)
+
+
+def test_without_replacement_of_everyone_is_the_gaussian_at_half_the_noise():
+    """Sampling all clients: replace-one on a sum with sensitivity 2C is exactly the
+    Gaussian mechanism with noise multiplier z / 2 (add/remove, sensitivity C)."""
+    everyone = cumulative_epsilon(
+        noise_multiplier=2.0, sampling_rate=1.0, rounds=1, delta=DELTA,
+        sampling="without_replacement", population=10, accountant="rdp",
+    )
+    single = gaussian_epsilon(noise_multiplier=1.0, delta=DELTA, accountant="rdp")
+    assert everyone == pytest.approx(single, rel=1e-6)
 
 
 @pytest.mark.parametrize(("accountant", "expected"), [("pld", 0.718), ("rdp", 1.214)])

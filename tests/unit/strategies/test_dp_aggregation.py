@@ -6,15 +6,48 @@ import pytest
 from fedsim.config import scenario_from_dict
 from fedsim.errors import ScenarioError
 from fedsim.strategies import build_aggregator
-from fedsim.strategies.aggregation import clipped_sum
+from fedsim.strategies.aggregation import clip_updates
 from fedsim.strategies.dp import AdaptiveClippingAggregator, FixedClippingAggregator, PlainAggregator
 
 
-def test_clipped_sum_clips_each_update_to_the_norm_and_counts_clipped():
+def test_clip_updates_clips_each_update_to_the_norm():
     updates = np.array([[3.0, 4.0], [0.3, 0.4], [0.0, 10.0]])  # norms 5, 0.5, 10
-    total, clipped = clipped_sum(updates, clip_norm=1.0)
-    np.testing.assert_allclose(total, [0.6 + 0.3 + 0.0, 0.8 + 0.4 + 1.0])
-    assert clipped == 2
+    np.testing.assert_allclose(clip_updates(updates, clip_norm=1.0), [[0.6, 0.8], [0.3, 0.4], [0.0, 1.0]])
+
+
+@pytest.mark.parametrize("mode", ["server", "client", "adaptive"])
+def test_release_many_is_the_release_of_each_cohort(mode):
+    """The audit's batched replays and the real round's release are the same mechanism."""
+    rng = np.random.default_rng(5)
+    updates = rng.normal(size=(6, 8)) * 0.3
+    if mode == "adaptive":
+        aggregator = AdaptiveClippingAggregator(noise_multiplier=0.0, initial_clip_norm=0.5, expected_cohort=6,
+                                                target_quantile=0.5, clip_lr=0.2, count_noise_std=1.0)
+    else:
+        aggregator = FixedClippingAggregator(noise_multiplier=0.0, clip_norm=0.5, expected_cohort=6, clip_on_server=mode == "server")
+        if mode == "client":
+            updates = clip_updates(updates, clip_norm=0.5)
+    include = rng.random((5, 6)) < 0.5
+    batched = aggregator.release_many(updates, include=include, rng=rng)
+    one_by_one = np.stack([aggregator.release(updates[mask], rng=rng) for mask in include])
+    np.testing.assert_allclose(batched, one_by_one)
+    expected = np.stack([clip_updates(updates[mask], clip_norm=0.5).sum(axis=0) for mask in include])
+    np.testing.assert_allclose(batched, expected)
+
+
+def test_adaptive_release_adds_noise_with_std_z_u_times_c():
+    aggregator = AdaptiveClippingAggregator(noise_multiplier=1.0, initial_clip_norm=0.4, expected_cohort=10,
+                                            target_quantile=0.5, clip_lr=0.2, count_noise_std=1.0)
+    noise = aggregator.release(np.zeros((3, 100_000)), rng=np.random.default_rng(0))
+    assert noise.std() == pytest.approx(aggregator.update_noise_multiplier * 0.4, rel=0.01)
+
+
+def test_adaptive_clip_norm_step_follows_the_geometric_rule():
+    aggregator = AdaptiveClippingAggregator(noise_multiplier=0.0, initial_clip_norm=1.0, expected_cohort=4,
+                                            target_quantile=0.5, clip_lr=0.2, count_noise_std=1.0)
+    updates = np.full((4, 2), 10.0)  # all above C: fraction below = 0 -> C * exp(0.2 * 0.5)
+    aggregator.aggregate(updates=updates, weights=np.ones(4), reported_norms=None, rng=np.random.default_rng(0))
+    assert aggregator.clip_norm == pytest.approx(np.exp(0.1))
 
 
 def test_server_fixed_noise_std_on_the_average_is_z_c_over_cohort():
