@@ -116,3 +116,13 @@ def test_ctrl_c_stops_the_run_and_keeps_finished_rounds(tmp_path, project_root):
     rows = _rows(folder)
     assert manifest["status"] == "interrupted"
     assert 2 <= len(rows) < 200 and [int(r["round"]) for r in rows] == list(range(1, len(rows) + 1))
+    # the local Ray runtime the run started goes away with it
+    deadline = time.monotonic() + 30
+    while _ray_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _ray_processes()
+
+
+def _ray_processes() -> list[str]:
+    listing = subprocess.run(["ps", "-eo", "comm"], capture_output=True, text=True).stdout.split()
+    return [name for name in listing if name in ("raylet", "gcs_server")]
