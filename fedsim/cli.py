@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import os
+import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -43,6 +45,12 @@ def friendly(command):
     return wrapper
 
 
+def _quiet_interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C: silence Flower before its worker threads report the stopped Ray actors."""
+    logging.getLogger("flwr").setLevel(logging.CRITICAL + 1)
+    raise KeyboardInterrupt
+
+
 class EngineChoice(str, Enum):
     flower = "flower"
     inprocess = "inprocess"
@@ -74,6 +82,7 @@ def run(
     from fedsim.runner import run_scenario
 
     resolved = load_scenario(scenario, overrides=set_ or [])
+    signal.signal(signal.SIGINT, _quiet_interrupt)
     console = Console(stderr=True)
     progress = Progress(
         TextColumn("[bold]{task.description}"),

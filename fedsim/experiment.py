@@ -45,6 +45,8 @@ def model_for(scenario: Scenario, dataset: FederatedDataset) -> nn.Module:
         num_classes=dataset.num_classes,
         hidden=scenario.model.hidden,
         seed=scenario.seed,
+        vocab_size=getattr(dataset, "vocab_size", None),
+        dp_compatible=scenario.dp.mode == "local_dpsgd",  # DPLSTM instead of nn.LSTM for Opacus
     )
 
 

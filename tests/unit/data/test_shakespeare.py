@@ -1,9 +1,7 @@
 """Shakespeare on the real samples: tinyshakespeare speeches, LEAF JSON, a Gutenberg-format text."""
 
 import json
-import re
 
-import numpy as np
 import pytest
 import torch
 
