@@ -11,7 +11,8 @@ and spend no privacy budget:
    updates, released through the strategy's own clip-sum-noise code with fresh noise)
    and "with" aggregates (the same cohort plus the canary client: add/remove adjacency,
    as the accountant assumes); statistic s = <v, U> / |c| for the canary's clipped
-   update c = |c| v;
+   update c = |c| v, computed by the strategy's ``release_scores`` (the projection of
+   its release, without materialising d-dimensional noise for every test);
 5. estimate the empirical epsilon from the two score sets at the scenario's delta.
 """
 
@@ -68,8 +69,6 @@ class AuditResult:
 
 class CanaryAuditor:
     """Audits rounds of one scenario with CANIFE canaries."""
-
-    MAX_CHUNK_BYTES = 128 * 2**20  # aggregates are released in chunks of at most this size
 
     def __init__(self, *, scenario: Scenario, dataset: FederatedDataset) -> None:
         self.scenario = scenario
@@ -156,14 +155,9 @@ class CanaryAuditor:
         tests = self.config.tests
         pool = np.vstack([cohort_updates, canary_update[None]])  # the canary client is the last row
         rate = min(1.0, self.scenario.clients_per_round / max(len(cohort_updates), 1))
-        scores = {True: [], False: []}
-        chunk = max(1, min(4096, self.MAX_CHUNK_BYTES // (8 * pool.shape[1])))
-        for start in range(0, tests, chunk):
-            size = min(chunk, tests - start)
-            include = np.zeros((size, len(pool)), dtype=bool)
-            include[:, :-1] = rng.random((size, len(cohort_updates))) < rate  # re-drawn cohorts
-            for with_canary in (False, True):  # same cohorts, fresh noise
-                include[:, -1] = with_canary
-                released = aggregator.release_many(pool, include=include, rng=rng)
-                scores[with_canary].append(released @ direction / scale)
-        return np.concatenate(scores[True]), np.concatenate(scores[False])
+        include = np.zeros((tests, len(pool)), dtype=bool)
+        include[:, :-1] = rng.random((tests, len(cohort_updates))) < rate  # re-drawn cohorts
+        scores_without = aggregator.release_scores(pool, include=include, direction=direction, rng=rng)
+        include[:, -1] = True  # the same cohorts plus the canary client, fresh noise
+        scores_with = aggregator.release_scores(pool, include=include, direction=direction, rng=rng)
+        return scores_with / scale, scores_without / scale

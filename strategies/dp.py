@@ -45,22 +45,40 @@ class Aggregator(ABC):
         """The clip norm the next release uses (None without clipping)."""
         return None
 
-    @abstractmethod
+    @property
+    def release_std(self) -> float:
+        """Std of the Gaussian noise added to each coordinate of the released sum."""
+        return 0.0
+
+    def prepare(self, updates: np.ndarray) -> np.ndarray:
+        """The updates as they enter the sum (clipped where this strategy clips)."""
+        return updates
+
     def release(self, updates: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
         """The noisy sum this strategy releases for a cohort's updates.
 
-        Exactly the clip-sum-noise of a real round, without changing any state: the
-        canary audit replays it (through :meth:`release_many`, the same code) on
-        re-drawn cohorts.
+        Exactly the clip-sum-noise of a real round, without changing any state; the
+        canary audit replays the same mechanism (:meth:`prepare`, :attr:`release_std`)
+        on re-drawn cohorts through :meth:`release_many` and :meth:`release_scores`.
         """
+        return self.release_many(updates, include=np.ones((1, len(updates)), dtype=bool), rng=rng)[0]
 
     def release_many(self, updates: np.ndarray, *, include: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Releases for many cohorts at once: row t is ``release(updates[include[t]])``.
+        """Releases for many cohorts at once: row t is ``release(updates[include[t]])``,
+        each with fresh noise (``include`` is a boolean (T, n) matrix)."""
+        return noisy_sums(self.prepare(updates), include=include, noise_std=self.release_std, rng=rng)
 
-        ``include`` is a boolean (T, n) matrix over the rows of ``updates``; each release
-        draws fresh noise. Strategies override this with a vectorised equivalent.
-        """
-        return np.stack([self.release(updates[mask], rng=rng) for mask in include])
+    def release_scores(
+        self, updates: np.ndarray, *, include: np.ndarray, direction: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
+        """<direction, release_many(...)[t]> for each t, for a unit ``direction``, without
+        materialising T x d noise: the projection of N(0, s^2 I) on a unit vector is
+        N(0, s^2). Same distribution as projecting :meth:`release_many`, at O(T + n d)."""
+        projected = self.prepare(updates).astype(np.float64) @ direction
+        scores = include.astype(np.float64) @ projected
+        if self.release_std > 0:
+            scores = scores + rng.normal(0.0, self.release_std * float(np.linalg.norm(direction)), size=len(scores))
+        return scores
 
     @abstractmethod
     def aggregate(
@@ -83,12 +101,6 @@ class Aggregator(ABC):
 
 class PlainAggregator(Aggregator):
     """FedAvg without DP: the mean of updates weighted by example counts."""
-
-    def release(self, updates: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
-        return self.release_many(updates, include=np.ones((1, len(updates)), dtype=bool), rng=rng)[0]
-
-    def release_many(self, updates: np.ndarray, *, include: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return noisy_sums(updates, include=include, noise_std=0.0, rng=rng)
 
     def aggregate(self, *, updates, weights, reported_norms, rng) -> RoundAggregate:
         if len(updates) == 0:
@@ -120,14 +132,16 @@ class FixedClippingAggregator(Aggregator):
     def clip_norm_now(self) -> float:
         return self.clip_norm
 
-    def release(self, updates: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
-        return self.release_many(updates, include=np.ones((1, len(updates)), dtype=bool), rng=rng)[0]
+    @property
+    def release_std(self) -> float:
+        return self.noise_multiplier * self.clip_norm
 
-    def release_many(self, updates: np.ndarray, *, include: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if not self.clip_on_server and len(updates) and np.any(update_norms(updates) > self.clip_norm * (1 + 1e-4)):
+    def prepare(self, updates: np.ndarray) -> np.ndarray:
+        if self.clip_on_server:
+            return clip_updates(updates, clip_norm=self.clip_norm)
+        if len(updates) and np.any(update_norms(updates) > self.clip_norm * (1 + 1e-4)):
             raise RuntimeError("a client sent an update above the clip norm; client-side clipping failed")
-        clipped = clip_updates(updates, clip_norm=self.clip_norm) if self.clip_on_server else updates
-        return noisy_sums(clipped, include=include, noise_std=self.noise_multiplier * self.clip_norm, rng=rng)
+        return updates
 
     def aggregate(self, *, updates, weights, reported_norms, rng) -> RoundAggregate:
         norms = update_norms(updates) if reported_norms is None else np.asarray(reported_norms)
@@ -182,12 +196,12 @@ class AdaptiveClippingAggregator(Aggregator):
     def clip_norm_now(self) -> float:
         return self.clip_norm
 
-    def release(self, updates: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
-        return self.release_many(updates, include=np.ones((1, len(updates)), dtype=bool), rng=rng)[0]
+    @property
+    def release_std(self) -> float:
+        return self.update_noise_multiplier * self.clip_norm
 
-    def release_many(self, updates: np.ndarray, *, include: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        clipped = clip_updates(updates, clip_norm=self.clip_norm)
-        return noisy_sums(clipped, include=include, noise_std=self.update_noise_multiplier * self.clip_norm, rng=rng)
+    def prepare(self, updates: np.ndarray) -> np.ndarray:
+        return clip_updates(updates, clip_norm=self.clip_norm)
 
     def aggregate(self, *, updates, weights, reported_norms, rng) -> RoundAggregate:
         clip_norm = self.clip_norm

@@ -85,21 +85,9 @@ def test_audit_replays_never_change_the_training(tmp_path, project_root):
 class HalfNoise(FixedClippingAggregator):
     """A buggy strategy: claims noise multiplier z but adds only z / 2."""
 
-    def release(self, updates, *, rng):
-        honest = self.noise_multiplier
-        self.noise_multiplier = honest / 2
-        try:
-            return super().release(updates, rng=rng)
-        finally:
-            self.noise_multiplier = honest
-
-    def release_many(self, updates, *, include, rng):
-        honest = self.noise_multiplier
-        self.noise_multiplier = honest / 2
-        try:
-            return super().release_many(updates, include=include, rng=rng)
-        finally:
-            self.noise_multiplier = honest
+    @property
+    def release_std(self):
+        return super().release_std / 2
 
 
 def test_audit_exposes_a_strategy_that_adds_less_noise_than_it_claims(tmp_path, project_root, monkeypatch):

@@ -35,6 +35,27 @@ def test_release_many_is_the_release_of_each_cohort(mode):
     np.testing.assert_allclose(batched, expected)
 
 
+def test_release_scores_are_projections_of_releases():
+    """The audit's projected replays: exact sums, and noise of the release's std."""
+    rng = np.random.default_rng(2)
+    updates = rng.normal(size=(5, 40))
+    direction = rng.normal(size=40)
+    direction /= np.linalg.norm(direction)
+    include = rng.random((7, 5)) < 0.5
+    exact = FixedClippingAggregator(noise_multiplier=0.0, clip_norm=0.8, expected_cohort=5, clip_on_server=True)
+    np.testing.assert_allclose(
+        exact.release_scores(updates, include=include, direction=direction, rng=rng),
+        exact.release_many(updates, include=include, rng=rng) @ direction,
+    )
+    noisy = FixedClippingAggregator(noise_multiplier=1.3, clip_norm=0.8, expected_cohort=5, clip_on_server=True)
+    many = np.ones((20_000, 5), dtype=bool)
+    projected = noisy.release_scores(updates, include=many, direction=direction, rng=rng)
+    full = noisy.release_many(updates, include=many[:2000], rng=rng) @ direction
+    assert projected.std() == pytest.approx(1.3 * 0.8, rel=0.03)
+    assert full.std() == pytest.approx(1.3 * 0.8, rel=0.06)
+    assert projected.mean() == pytest.approx(full.mean(), abs=0.1)
+
+
 def test_adaptive_release_adds_noise_with_std_z_u_times_c():
     aggregator = AdaptiveClippingAggregator(noise_multiplier=1.0, initial_clip_norm=0.4, expected_cohort=10,
                                             target_quantile=0.5, clip_lr=0.2, count_noise_std=1.0)
