@@ -9,6 +9,10 @@ that its loss gradient g = grad_theta loss(f_theta(x), y)
 - has a small projection on the design updates: mean over a minibatch B of
   <C g / |g|, u>^2.
 
+Text canaries use straight-through Gumbel-softmax (the forward pass sees real one-hot
+tokens, the backward pass the relaxed gradient), are discretised at the end, and their
+gradient is recomputed on the real tokens.
+
 An *update* canary is the stronger threat model: the rogue client submits a crafted
 update directly, a unit direction with small projection on the design updates.
 
@@ -102,7 +106,7 @@ def craft_sample_canary(
         if relaxed:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(rng.integers(2**31)))
-                soft = F.gumbel_softmax(variable, tau=1.0, hard=False)
+                soft = F.gumbel_softmax(variable, tau=1.0, hard=True)  # straight-through: forward on real tokens
             embedded = soft @ model.embedding.weight
             return flat_grad(model, F.cross_entropy(model.forward_embedded(embedded[None]), y), create_graph=True)
         tokens = variable.argmax(dim=-1)
