@@ -31,6 +31,9 @@ from torch import nn
 from fedsim.canaries.design import DesignPool
 
 
+CHECK_EVERY = 10  # crafting steps between checks of the discrete objective
+
+
 @dataclass(frozen=True)
 class Canary:
     """A crafted canary: an input (sample canary) or a direction (update canary)."""
@@ -117,14 +120,26 @@ def craft_sample_canary(
 
     evaluation = design.minibatch(rng=np.random.default_rng(seed + 1), size=design.count)
     loss_init = float(loss_on(evaluation, relaxed=False).detach())
+    def discrete_loss() -> float:
+        return float(_objective(gradient(relaxed=False).detach(), evaluation, clip_norm=clip_norm, norm_constant=norm_constant))
+
+    # keep the best canary seen (checked every CHECK_EVERY steps): the relaxed text
+    # objective can move away from the discrete one
+    best_loss, best = loss_init, variable.detach().clone()
     optimizer = torch.optim.Adam([variable], lr=lr)
-    for _ in range(iterations):
+    for step in range(1, iterations + 1):
         optimizer.zero_grad()
         loss = loss_on(design.minibatch(rng=rng, size=batch_size), relaxed=True)
         loss.backward()
         optimizer.step()
+        if step % CHECK_EVERY == 0 or step == iterations:
+            current = discrete_loss()
+            if current < best_loss:
+                best_loss, best = current, variable.detach().clone()
+    with torch.no_grad():
+        variable.copy_(best)
     final_gradient = gradient(relaxed=False).detach()
-    loss_final = float(_objective(final_gradient, evaluation, clip_norm=clip_norm, norm_constant=norm_constant))
+    loss_final = best_loss
     x = variable.detach().argmax(dim=-1) if text else variable.detach()
     return Canary(
         kind="sample",
