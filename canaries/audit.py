@@ -74,7 +74,7 @@ class CanaryAuditor:
         self.scenario = scenario
         self.dataset = dataset
         self.config = scenario.audit
-        self.design_ids = dataset.design_pool_ids()[: self.config.design_pool]
+        self.design_ids = dataset.design_pool_ids()[: self.config.design_pool or 20]
 
     def should_audit(self, round_number: int) -> bool:
         """Round 1 and every k-th round."""
