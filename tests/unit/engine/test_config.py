@@ -51,6 +51,8 @@ def test_scenario_is_frozen():
         (["seed=100000000000000000000"], ["seed", "less than"]),
         (["name=../x"], ["name", "pattern"]),
         (["audit.estimators=[]"], ["audit.estimators", "at least 1"]),
+        (["audit.enabled=true", "data.design_pool=0"], ["data.design_pool"]),
+        (["audit.enabled=true", "audit.design_pool=50"], ["audit.design_pool", "data.design_pool"]),
     ],
 )
 def test_bad_values_give_one_line_errors_naming_the_problem(overrides, must_contain):
