@@ -9,10 +9,13 @@ design pool (users reserved for the adversary, never sampled for training) has i
 
 from __future__ import annotations
 
+import operator
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
+
+from fedsim.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,20 @@ class FederatedDataset(ABC):
     @abstractmethod
     def num_train_samples(self, client_id: int) -> int:
         """Number of training samples of a client, without loading its tensors."""
+
+    def _check_id(self, client_id: int) -> int:
+        """The client id as an int; a one-line DataError when it is not a valid id."""
+        try:
+            cid = operator.index(client_id)
+        except TypeError:
+            raise DataError(f"client id must be an integer, got {client_id!r}") from None
+        total = self.num_clients + self.design_pool_size
+        if not 0 <= cid < total:
+            raise DataError(
+                f"client id {cid} is out of range; {self.name} has ids 0..{total - 1} "
+                f"({self.num_clients} clients + {self.design_pool_size} design-pool users)"
+            )
+        return cid
 
     def design_pool_ids(self) -> list[int]:
         """Ids of the design-pool users (disjoint from training clients)."""

@@ -8,7 +8,6 @@ a generator seeded by ``(seed, user)``.
 
 from __future__ import annotations
 
-import operator
 
 import numpy as np
 import torch
@@ -117,16 +116,3 @@ class DigitsDataset(FederatedDataset):
             x_train=self._x[train_t], y_train=self._y[train_t],
             x_test=self._x[test_t], y_test=self._y[test_t],
         )
-
-    def _check_id(self, client_id: int) -> int:
-        try:
-            cid = operator.index(client_id)
-        except TypeError:
-            raise DataError(f"client id must be an integer, got {client_id!r}") from None
-        total = self._num_clients + self._design_pool_size
-        if not 0 <= cid < total:
-            raise DataError(
-                f"client id {cid} is out of range; {self.name} has ids 0..{total - 1} "
-                f"({self._num_clients} clients + {self._design_pool_size} design-pool users)"
-            )
-        return cid

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import operator
 import os
 import shutil
 import tempfile
@@ -296,19 +295,6 @@ class NaturalUsersDataset(FederatedDataset):
             train, test = self._split(user, int(y.shape[0]))
         train_t, test_t = torch.from_numpy(train), torch.from_numpy(test)
         return ClientData(x_train=x[train_t], y_train=y[train_t], x_test=x[test_t], y_test=y[test_t])
-
-    def _check_id(self, client_id: int) -> int:
-        try:
-            cid = operator.index(client_id)
-        except TypeError:
-            raise DataError(f"client id must be an integer, got {client_id!r}") from None
-        total = self._num_clients + self._design_pool_size
-        if not 0 <= cid < total:
-            raise DataError(
-                f"client id {cid} is out of range; {self.name} has ids 0..{total - 1} "
-                f"({self._num_clients} clients + {self._design_pool_size} design-pool users)"
-            )
-        return cid
 
 
 def cap_rows(n: int, max_samples: int | None, *, seed: int, user: int) -> np.ndarray | None:

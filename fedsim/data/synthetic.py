@@ -13,7 +13,6 @@ user's tensors do not depend on which users were loaded before, and a population
 
 from __future__ import annotations
 
-import operator
 
 import numpy as np
 import torch
@@ -154,19 +153,6 @@ class SyntheticDataset(FederatedDataset):
         return ClientData(
             x_train=xt[train_t], y_train=yt[train_t], x_test=xt[test_t], y_test=yt[test_t]
         )
-
-    def _check_id(self, client_id: int) -> int:
-        try:
-            cid = operator.index(client_id)
-        except TypeError:
-            raise DataError(f"client id must be an integer, got {client_id!r}") from None
-        total = self._num_clients + self._design_pool_size
-        if not 0 <= cid < total:
-            raise DataError(
-                f"client id {cid} is out of range; {self.name} has ids 0..{total - 1} "
-                f"({self._num_clients} clients + {self._design_pool_size} design-pool users)"
-            )
-        return cid
 
 
 def _require(ok: bool, option: str, value: object, allowed: str) -> None:
