@@ -34,7 +34,6 @@ class RunOutcome:
     rows: list[dict[str, Any]] = field(default_factory=list)
     error: BaseException | None = None
     stop: threading.Event = field(default_factory=threading.Event)  # set by the driver on interrupt
-    final_params: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -193,7 +192,6 @@ class RoundLoop:
             outcome.rows.append(row)
             if self.on_round is not None:
                 self.on_round(row)
-        outcome.final_params = self.params
 
     def _noise_std(self, central_std: float) -> float:
         """Noise std on the averaged update; for local DP-SGD, on each step's mean gradient."""

@@ -41,7 +41,6 @@ class TheoryTracker:
     """
 
     def __init__(self, *, scenario: Scenario, min_client_samples: int | None = None) -> None:
-        self.scenario = scenario
         self.delta = scenario.dp.delta
         self.mode = scenario.dp.mode
         sampling = "poisson" if scenario.sampling == "poisson" else "without_replacement"
