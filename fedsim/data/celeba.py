@@ -172,12 +172,6 @@ class CelebaDataset(NaturalUsersDataset):
             min_samples=min_samples, user_fraction=user_fraction, seed=seed,
         )
 
-    def _user_names(self) -> list[str]:
-        return self._store.users
-
-    def _user_count(self, user: int) -> int:
-        return int(self._store.offsets[user + 1] - self._store.offsets[user])
-
     def _user_samples(self, user: int) -> tuple[torch.Tensor, torch.Tensor]:
         try:
             from PIL import Image

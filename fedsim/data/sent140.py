@@ -200,12 +200,6 @@ class Sent140Dataset(NaturalUsersDataset):
             min_samples=min_samples, user_fraction=user_fraction, seed=seed,
         )
 
-    def _user_names(self) -> list[str]:
-        return self._store.users
-
-    def _user_count(self, user: int) -> int:
-        return int(self._store.offsets[user + 1] - self._store.offsets[user])
-
     def _user_samples(self, user: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.from_numpy(self._store.rows(user, "x").astype(np.int64))
         y = torch.from_numpy(self._store.rows(user, "y").astype(np.int64))

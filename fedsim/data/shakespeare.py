@@ -243,9 +243,6 @@ class ShakespeareDataset(NaturalUsersDataset):
             min_samples=min_samples, user_fraction=user_fraction, seed=seed,
         )
 
-    def _user_names(self) -> list[str]:
-        return self._store.users
-
     def _user_count(self, user: int) -> int:
         n = int(self._counts[user])
         if self._stream and self.max_samples is not None:

@@ -242,9 +242,11 @@ class NaturalUsersDataset(FederatedDataset):
         """The natural user (tweet author, play and role, celebrity id) behind a client id."""
         return self._user_names()[int(self._users[self._check_id(client_id)])]
 
-    # --- subclass hooks -------------------------------------------------------------
+    # --- subclass hooks (the defaults read the subclass's prepared ``self._store``) ---
+    _store: UserStore
+
     def _user_names(self) -> list[str]:
-        raise NotImplementedError
+        return self._store.users
 
     def _user_samples(self, user: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -254,7 +256,7 @@ class NaturalUsersDataset(FederatedDataset):
         return None
 
     def _user_count(self, user: int) -> int:
-        raise NotImplementedError
+        return int(self._store.offsets[user + 1] - self._store.offsets[user])
 
     def _split(self, user: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Train and test row indices of a user's ``n`` (kept) samples."""
