@@ -48,15 +48,19 @@ class FederatedDataset(ABC):
     #: dtype of inputs: "float" for features/images, "long" for token ids
     input_kind: str = "float"
 
-    @property
-    @abstractmethod
-    def num_clients(self) -> int:
-        """Number of training clients (the population that is sampled)."""
+    #: set by each subclass's constructor
+    _num_clients: int
+    _design_pool_size: int
 
     @property
-    @abstractmethod
+    def num_clients(self) -> int:
+        """Number of training clients (the population that is sampled)."""
+        return self._num_clients
+
+    @property
     def design_pool_size(self) -> int:
         """Number of design-pool users reserved for the adversary."""
+        return self._design_pool_size
 
     @abstractmethod
     def client(self, client_id: int) -> ClientData:

@@ -172,14 +172,6 @@ class Cifar10Dataset(FederatedDataset):
         self._mean = torch.tensor(MEAN).view(1, 3, 1, 1)
         self._std = torch.tensor(STD).view(1, 3, 1, 1)
 
-    @property
-    def num_clients(self) -> int:
-        return self._num_clients
-
-    @property
-    def design_pool_size(self) -> int:
-        return self._design_pool_size
-
     def num_train_samples(self, client_id: int) -> int:
         return train_test_sizes(num_samples=len(self._parts[self._check_id(client_id)]), test_fraction=self.test_fraction)[0]
 

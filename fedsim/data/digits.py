@@ -91,14 +91,6 @@ class DigitsDataset(FederatedDataset):
                 num_samples=len(digits.target), num_partitions=num_users, seed=seed
             )
 
-    @property
-    def num_clients(self) -> int:
-        return self._num_clients
-
-    @property
-    def design_pool_size(self) -> int:
-        return self._design_pool_size
-
     def num_train_samples(self, client_id: int) -> int:
         n = len(self._user_indices[self._check_id(client_id)])
         return train_test_sizes(num_samples=n, test_fraction=self.test_fraction)[0]

@@ -230,14 +230,6 @@ class NaturalUsersDataset(FederatedDataset):
         self._num_clients = int(num_clients)
         self._design_pool_size = int(design_pool_size)
 
-    @property
-    def num_clients(self) -> int:
-        return self._num_clients
-
-    @property
-    def design_pool_size(self) -> int:
-        return self._design_pool_size
-
     def user_name(self, client_id: int) -> str:
         """The natural user (tweet author, play and role, celebrity id) behind a client id."""
         return self._user_names()[int(self._users[self._check_id(client_id)])]

@@ -112,14 +112,6 @@ class SyntheticDataset(FederatedDataset):
             self._shared_w = shared.normal(0.0, 1.0, (self.num_classes, self.dim))
             self._shared_b = shared.normal(0.0, 1.0, self.num_classes)
 
-    @property
-    def num_clients(self) -> int:
-        return self._num_clients
-
-    @property
-    def design_pool_size(self) -> int:
-        return self._design_pool_size
-
     def num_samples(self, client_id: int) -> int:
         """Total number of samples (train + test) of a user, without generating them."""
         client_id = self._check_id(client_id)
