@@ -25,8 +25,15 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--engine", default="flower", choices=["flower", "inprocess"])
     args = parser.parse_args()
-    columns = ["epsilon_round_theory", "epsilon_round_empirical", "epsilon_round_empirical_lower",
-               "epsilon_round_empirical_upper", "canary_health", "epsilon_cumulative_theory", "epsilon_cumulative_empirical"]
+    columns = [
+        "epsilon_round_theory",
+        "epsilon_round_empirical",
+        "epsilon_round_empirical_lower",
+        "epsilon_round_empirical_upper",
+        "canary_health",
+        "epsilon_cumulative_theory",
+        "epsilon_cumulative_empirical",
+    ]
     print("| z | theory | empirical | lower | upper | health | cum. theory | cum. empirical |")
     print("|---|---|---|---|---|---|---|---|")
     for z in args.noise:

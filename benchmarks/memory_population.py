@@ -33,7 +33,9 @@ def write_csv(path: Path, users: int, per_user: int = 3) -> None:
             for k in range(per_user):
                 polarity = rng.choice("04")
                 text = " ".join(rng.choice(WORDS) for _ in range(12))
-                out.write(f'"{polarity}","{u * per_user + k}","Mon Apr 06 22:19:45 PDT 2009","NO_QUERY","user{u}","{text}"\n')
+                out.write(
+                    f'"{polarity}","{u * per_user + k}","Mon Apr 06 22:19:45 PDT 2009","NO_QUERY","user{u}","{text}"\n'
+                )
 
 
 def measure(root: str, users: int) -> dict:
@@ -46,7 +48,12 @@ def measure(root: str, users: int) -> dict:
     for cid in range(0, ds.num_clients, max(1, ds.num_clients // 200)):  # ~200 clients, like a few rounds
         loaded += ds.client(cid).num_train
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"users": users, "peak_rss_mib": round(peak_kib / 1024, 1), "build_s": round(built, 3), "samples_loaded": loaded}
+    return {
+        "users": users,
+        "peak_rss_mib": round(peak_kib / 1024, 1),
+        "build_s": round(built, 3),
+        "samples_loaded": loaded,
+    }
 
 
 def main() -> None:
@@ -63,9 +70,13 @@ def main() -> None:
             root.mkdir()
             write_csv(root / "training.1600000.processed.noemoticon.csv", users)
             started = time.perf_counter()
-            subprocess.run([sys.executable, "-c", f"from fedsim.data.sent140 import prepare; prepare({str(root)!r})"], check=True)
+            subprocess.run(
+                [sys.executable, "-c", f"from fedsim.data.sent140 import prepare; prepare({str(root)!r})"], check=True
+            )
             prepared_s = time.perf_counter() - started
-            out = subprocess.run([sys.executable, __file__, "--child", str(root), str(users)], check=True, capture_output=True, text=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", str(root), str(users)], check=True, capture_output=True, text=True
+            )
             result = json.loads(out.stdout)
             result["prepare_s"] = round(prepared_s, 2)
             print(json.dumps(result))

@@ -107,8 +107,12 @@ class CanaryAuditor:
         contribution = float(np.linalg.norm(update))
         direction = update / max(contribution, 1e-12)
         scores_with, scores_without = self._test(
-            cohort_updates=cohort_updates, canary_update=update, direction=direction, scale=contribution,
-            aggregator=aggregator, rng=rng,
+            cohort_updates=cohort_updates,
+            canary_update=update,
+            direction=direction,
+            scale=contribution,
+            aggregator=aggregator,
+            rng=rng,
         )
         estimates = {
             method: empirical_epsilon(
@@ -118,7 +122,9 @@ class CanaryAuditor:
         }
         return AuditResult(round_number, canary, scores_with, scores_without, contribution, clip_norm, estimates)
 
-    def _canary(self, *, start, params, design: DesignPool, clip_norm: float | None, seed: int) -> tuple[Canary, np.ndarray]:
+    def _canary(
+        self, *, start, params, design: DesignPool, clip_norm: float | None, seed: int
+    ) -> tuple[Canary, np.ndarray]:
         """Craft the canary and return it with its client's (unclipped) update."""
         scenario, config = self.scenario, self.config
         clip = clip_norm if clip_norm is not None else scenario.dp.clip_norm
@@ -150,7 +156,9 @@ class CanaryAuditor:
         train_client(model=model, data=data, settings=train_settings(scenario), seed=seed)
         return canary, flatten_state(model.state_dict()) - params
 
-    def _test(self, *, cohort_updates, canary_update, direction, scale, aggregator: Aggregator, rng) -> tuple[np.ndarray, np.ndarray]:
+    def _test(
+        self, *, cohort_updates, canary_update, direction, scale, aggregator: Aggregator, rng
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Scores of many aggregates without and with the canary client (fresh noise each)."""
         tests = self.config.tests
         pool = np.vstack([cohort_updates, canary_update[None]])  # the canary client is the last row

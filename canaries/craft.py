@@ -30,7 +30,6 @@ from torch import nn
 
 from fedsim.canaries.design import DesignPool
 
-
 CHECK_EVERY = 10  # crafting steps between checks of the discrete objective
 
 
@@ -120,8 +119,11 @@ def craft_sample_canary(
 
     evaluation = design.minibatch(rng=np.random.default_rng(seed + 1), size=design.count)
     loss_init = float(loss_on(evaluation, relaxed=False).detach())
+
     def discrete_loss() -> float:
-        return float(_objective(gradient(relaxed=False).detach(), evaluation, clip_norm=clip_norm, norm_constant=norm_constant))
+        return float(
+            _objective(gradient(relaxed=False).detach(), evaluation, clip_norm=clip_norm, norm_constant=norm_constant)
+        )
 
     # keep the best canary seen (checked every CHECK_EVERY steps): the relaxed text
     # objective can move away from the discrete one
@@ -173,5 +175,6 @@ def craft_update_canary(*, design: DesignPool, iterations: int, lr: float, batch
     loss_final = float(loss_on(evaluation).detach())
     unit = direction.detach().numpy().astype(np.float64)
     unit /= np.linalg.norm(unit)
-    return Canary(kind="update", health=_health(loss_init, loss_final), loss_init=loss_init, loss_final=loss_final, direction=unit)
-
+    return Canary(
+        kind="update", health=_health(loss_init, loss_final), loss_init=loss_init, loss_final=loss_final, direction=unit
+    )

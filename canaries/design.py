@@ -33,11 +33,19 @@ class DesignPool:
             self.rows = np.zeros((count, dim), dtype=np.float32)
         else:
             self._tmp = tempfile.TemporaryDirectory(prefix="fedsim-design-")
-            self.rows = np.lib.format.open_memmap(Path(self._tmp.name) / "design.npy", mode="w+", dtype=np.float32, shape=(count, dim))
+            self.rows = np.lib.format.open_memmap(
+                Path(self._tmp.name) / "design.npy", mode="w+", dtype=np.float32, shape=(count, dim)
+            )
 
     @classmethod
     def train(
-        cls, *, scenario: Scenario, start: dict[str, torch.Tensor], client_ids: list[int], round_number: int, clip_norm: float | None
+        cls,
+        *,
+        scenario: Scenario,
+        start: dict[str, torch.Tensor],
+        client_ids: list[int],
+        round_number: int,
+        clip_norm: float | None,
     ) -> DesignPool:
         """Train each design-pool user from ``start`` and keep its clipped update."""
         start_flat = flatten_state(start)

@@ -97,9 +97,7 @@ def gdp_epsilon(*, mu: float, delta: float) -> float:
     return _solve_decreasing(excess)
 
 
-def gaussians_epsilon(
-    *, mu_in: float, sigma_in: float, mu_out: float, sigma_out: float, delta: float
-) -> float:
+def gaussians_epsilon(*, mu_in: float, sigma_in: float, mu_out: float, sigma_out: float, delta: float) -> float:
     """Smallest epsilon at which two normal distributions are (eps, delta)-indistinguishable.
 
     With P = N(mu_in, sigma_in^2) and Q = N(mu_out, sigma_out^2), returns the smallest
@@ -315,9 +313,7 @@ def _threshold_estimate(
     optimistic = _eps_from_rates(fp_low, fn_low, delta)
     pessimistic = _eps_from_rates(fp_high, fn_high, delta)
     candidates = np.flatnonzero((optimistic >= pessimistic.max()) & (optimistic > 0))
-    lower = _eps_from_rates(
-        _cp_upper(fp[candidates], n_without, tail), _cp_upper(fn[candidates], n_with, tail), delta
-    )
+    lower = _eps_from_rates(_cp_upper(fp[candidates], n_without, tail), _cp_upper(fn[candidates], n_with, tail), delta)
     best = float(lower.max()) if lower.size else 0.0
     # Ties (in particular "no evidence anywhere", all bounds 0): the most accurate attack,
     # preferring thresholds where both kinds of error occur (a zero count makes eps inf).
@@ -326,9 +322,7 @@ def _threshold_estimate(
     tied = interior if interior.size else tied
     k = int(tied[np.argmin(fpr[tied] + fnr[tied])])
 
-    upper = _eps_from_rates(
-        _cp_lower(fp[k : k + 1], n_without, tail), _cp_lower(fn[k : k + 1], n_with, tail), delta
-    )
+    upper = _eps_from_rates(_cp_lower(fp[k : k + 1], n_without, tail), _cp_lower(fn[k : k + 1], n_with, tail), delta)
     point = _eps_from_rates(fpr[k : k + 1], fnr[k : k + 1], delta)
     t_next = thresholds[k + 1] if k + 1 < thresholds.size else thresholds[k]
     return EpsilonEstimate(
@@ -340,9 +334,7 @@ def _threshold_estimate(
     )
 
 
-def _eps_from_rates(
-    fpr: NDArray[np.float64], fnr: NDArray[np.float64], delta: float
-) -> NDArray[np.float64]:
+def _eps_from_rates(fpr: NDArray[np.float64], fnr: NDArray[np.float64], delta: float) -> NDArray[np.float64]:
     """log max((1 - delta - FPR) / FNR, (1 - delta - FNR) / FPR), clamped at 0."""
     num_a, num_b = 1 - delta - fpr, 1 - delta - fnr
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -369,9 +361,7 @@ def _cp_lower(k: NDArray[np.int64], n: int, tail: float) -> NDArray[np.float64]:
     return limit
 
 
-def _bracket_cp_upper(
-    k: NDArray[np.int64], n: int, tail: float
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def _bracket_cp_upper(k: NDArray[np.int64], n: int, tail: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Bounds (low, high) on the CP upper limit of each count, exact on a grid of counts."""
     spaced = np.rint(np.geomspace(1, n + 1, _CP_GRID_POINTS)).astype(np.int64) - 1
     grid = np.unique(np.concatenate([spaced, n - spaced]))  # dense near 0 and near n
@@ -412,9 +402,7 @@ def _gaussian_estimate(
     )
     alpha = 1 - confidence
     # "inverted_cdf" picks order statistics, so infinite resamples never yield NaN.
-    q_low, q_high = (
-        float(q) for q in np.quantile(resampled, [alpha / 2, 1 - alpha / 2], method="inverted_cdf")
-    )
+    q_low, q_high = (float(q) for q in np.quantile(resampled, [alpha / 2, 1 - alpha / 2], method="inverted_cdf"))
     # Basic (reverse-percentile) interval [2 eps - q_high, 2 eps - q_low]: the fit is biased
     # upwards (sampling noise makes the two fitted variances differ, which fattens the
     # privacy-loss tail), the resamples repeat that bias, and reflecting cancels it.

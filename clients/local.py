@@ -28,11 +28,15 @@ class InProcessTransport:
         start = flatten_state(state)
         replies = []
         for client_id in cohort:
-            trained = train_one(scenario=self.scenario, start=state, client_id=int(client_id), round_number=round_number)
+            trained = train_one(
+                scenario=self.scenario, start=state, client_id=int(client_id), round_number=round_number
+            )
             flat = flatten_state(trained.state)
             if self.scenario.dp.mode == "client_fixed":
                 flat = start + clip_updates((flat - start)[None], clip_norm=self.scenario.dp.clip_norm)[0]
-            replies.append(TrainedReply(trained.client_id, flat, trained.num_examples, trained.update_norm, trained.train_loss))
+            replies.append(
+                TrainedReply(trained.client_id, flat, trained.num_examples, trained.update_norm, trained.train_loss)
+            )
         return replies
 
     def evaluate(self, *, round_number: int, state: dict[str, Any], client_ids: np.ndarray) -> tuple[float, int, int]:

@@ -110,4 +110,3 @@ def evaluate_client(*, model: nn.Module, data: ClientData, batch_size: int = 256
         loss_sum += float(loss_fn(logits, y))
         correct += int((logits.argmax(dim=1) == y).sum())
     return loss_sum, correct, data.num_test
-

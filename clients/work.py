@@ -29,7 +29,9 @@ class TrainedClient:
     update_norm: float  # L2 norm of (trained - start), before any clipping
 
 
-def train_one(*, scenario: Scenario, start: dict[str, torch.Tensor], client_id: int, round_number: int) -> TrainedClient:
+def train_one(
+    *, scenario: Scenario, start: dict[str, torch.Tensor], client_id: int, round_number: int
+) -> TrainedClient:
     """Train the scenario's model from ``start`` on one client's data for one round."""
     dataset = dataset_for(scenario)
     model = model_for(scenario, dataset)
@@ -45,7 +47,9 @@ def train_one(*, scenario: Scenario, start: dict[str, torch.Tensor], client_id: 
     return TrainedClient(client_id, trained, result.num_examples, result.mean_loss, norm)
 
 
-def evaluate_many(*, scenario: Scenario, state: dict[str, torch.Tensor], client_ids: list[int]) -> tuple[float, int, int]:
+def evaluate_many(
+    *, scenario: Scenario, state: dict[str, torch.Tensor], client_ids: list[int]
+) -> tuple[float, int, int]:
     """Summed loss, correct predictions and sample count over clients' held-out samples."""
     dataset = dataset_for(scenario)
     model = model_for(scenario, dataset)

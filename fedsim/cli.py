@@ -17,7 +17,9 @@ import typer
 
 from fedsim.errors import FedsimError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Federated-learning simulator that measures privacy.")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Federated-learning simulator that measures privacy."
+)
 privacy_app = typer.Typer(no_args_is_help=True, help="Differential-privacy calculators.")
 app.add_typer(privacy_app, name="privacy")
 data_app = typer.Typer(no_args_is_help=True, help="Data sets: download, verify and prepare.")
@@ -68,11 +70,20 @@ def _fmt(value: Any, digits: int = 3) -> str:
 @friendly
 def run(
     scenario: Annotated[Path, typer.Argument(help="Scenario YAML file, e.g. scenarios/quickstart.yaml")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a scenario key: key=value (repeatable)")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a scenario key: key=value (repeatable)")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="Parent folder of the run folders")] = Path("runs"),
-    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Attach to a running Ray cluster (HOST:PORT)")] = None,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="Attach to a running Ray cluster (HOST:PORT)")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower and Ray logs")] = False,
-    engine: Annotated[EngineChoice | None, typer.Option("--engine", help="flower (Flower on Ray) or inprocess (same clients, no Flower/Ray: debugging, baselines)")] = None,
+    engine: Annotated[
+        EngineChoice | None,
+        typer.Option(
+            "--engine", help="flower (Flower on Ray) or inprocess (same clients, no Flower/Ray: debugging, baselines)"
+        ),
+    ] = None,
 ) -> None:
     """Run a scenario: DP federated training on Flower + Ray, with per-round epsilon."""
     from rich.console import Console
@@ -151,11 +162,17 @@ def privacy_epsilon(
     sampling_rate: Annotated[float, typer.Option("--sampling-rate", help="q = clients per round / population")],
     rounds: Annotated[int, typer.Option("--rounds", help="Number of rounds (compositions)")],
     noise_multiplier: Annotated[float | None, typer.Option("--noise-multiplier", help="Noise multiplier z")] = None,
-    target_epsilon: Annotated[float | None, typer.Option("--target-epsilon", help="Print the z that reaches this epsilon")] = None,
+    target_epsilon: Annotated[
+        float | None, typer.Option("--target-epsilon", help="Print the z that reaches this epsilon")
+    ] = None,
     delta: Annotated[float, typer.Option("--delta")] = 1e-5,
-    accountant: Annotated[AccountantChoice | None, typer.Option("--accountant", help="pld (default for poisson) or rdp")] = None,
+    accountant: Annotated[
+        AccountantChoice | None, typer.Option("--accountant", help="pld (default for poisson) or rdp")
+    ] = None,
     sampling: Annotated[SamplingChoice, typer.Option("--sampling")] = SamplingChoice.poisson,
-    population: Annotated[int | None, typer.Option("--population", help="Population size (needed for without-replacement)")] = None,
+    population: Annotated[
+        int | None, typer.Option("--population", help="Population size (needed for without-replacement)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
 ) -> None:
     """Epsilon of DP-FedAvg (or the noise multiplier for a target epsilon)."""
@@ -179,7 +196,9 @@ def privacy_epsilon(
     result: dict[str, Any] = {k: v for k, v in common.items() if v is not None}
     if target_epsilon is not None:
         z = noise_multiplier_for_epsilon(target_epsilon=target_epsilon, **common)
-        result.update(noise_multiplier=z, epsilon=cumulative_epsilon(noise_multiplier=z, **common), target_epsilon=target_epsilon)
+        result.update(
+            noise_multiplier=z, epsilon=cumulative_epsilon(noise_multiplier=z, **common), target_epsilon=target_epsilon
+        )
         text = f"noise multiplier {z:.4f} gives epsilon {result['epsilon']:.4f} at delta {delta:g} ({accountant.value})"
     else:
         eps = cumulative_epsilon(noise_multiplier=noise_multiplier, **common)
@@ -200,8 +219,13 @@ class DataName(str, Enum):
 def data_prepare(
     name: Annotated[DataName, typer.Argument(help="Data set to prepare")],
     root: Annotated[Path | None, typer.Option("--root", help="Data folder (default: data/NAME)")] = None,
-    url: Annotated[str | None, typer.Option("--url", help="Download from here instead of the official source (or FEDSIM_<NAME>_URL)")] = None,
-    sha256: Annotated[str | None, typer.Option("--sha256", help="Expected sha256 of the download (or FEDSIM_<NAME>_SHA256)")] = None,
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="Download from here instead of the official source (or FEDSIM_<NAME>_URL)"),
+    ] = None,
+    sha256: Annotated[
+        str | None, typer.Option("--sha256", help="Expected sha256 of the download (or FEDSIM_<NAME>_SHA256)")
+    ] = None,
     download: Annotated[bool, typer.Option("--download/--no-download", help="Download missing raw files")] = True,
     force: Annotated[bool, typer.Option("--force", help="Prepare again even if up to date")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,

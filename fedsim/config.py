@@ -93,14 +93,18 @@ class AuditConfig(_Section):
     enabled: bool = False
     every: int = Field(1, ge=1, description="audit every k-th round (and round 1)")
     canary: Literal["sample", "update"] = "sample"
-    design_pool: int | None = Field(None, ge=1, description="mock clients from the design-pool users; default min(20, data.design_pool)")
+    design_pool: int | None = Field(
+        None, ge=1, description="mock clients from the design-pool users; default min(20, data.design_pool)"
+    )
     design_batch: int = Field(16, ge=1, description="design updates per crafting step")
     iterations: int = Field(100, ge=0, description="Adam steps of the crafting")
     lr: float = Field(0.05, gt=0, description="Adam learning rate of the crafting")
     norm_constant: float | None = Field(None, gt=0, description="C_norm; default clip_norm / client.lr")
     tests: int = Field(50_000, ge=10, description="with/without aggregates per attacked round")
     confidence: float = Field(0.95, gt=0, lt=1)
-    estimators: list[Literal["gaussian", "threshold"]] = Field(default_factory=lambda: ["gaussian", "threshold"], min_length=1)
+    estimators: list[Literal["gaussian", "threshold"]] = Field(
+        default_factory=lambda: ["gaussian", "threshold"], min_length=1
+    )
 
 
 class RayConfig(_Section):
@@ -143,7 +147,9 @@ class Scenario(_Section):
             if self.dp.mode == "local_dpsgd":
                 raise ValueError("audit.enabled audits user-level central DP; it cannot audit dp.mode local_dpsgd")
             if self.data.design_pool == 0:
-                raise ValueError("audit.enabled needs design-pool users the adversary may use; set data.design_pool (e.g. 20)")
+                raise ValueError(
+                    "audit.enabled needs design-pool users the adversary may use; set data.design_pool (e.g. 20)"
+                )
             if self.audit.design_pool is not None and self.audit.design_pool > self.data.design_pool:
                 raise ValueError(
                     f"audit.design_pool ({self.audit.design_pool}) exceeds data.design_pool "

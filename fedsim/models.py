@@ -61,17 +61,28 @@ class _TextClassifier(nn.Module):
     """
 
     def __init__(
-        self, *, vocab_size: int, embed_dim: int, hidden: int, layers: int, num_classes: int,
-        dropout: float, dp_compatible: bool,
+        self,
+        *,
+        vocab_size: int,
+        embed_dim: int,
+        hidden: int,
+        layers: int,
+        num_classes: int,
+        dropout: float,
+        dp_compatible: bool,
     ) -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embed_dim)
         if dp_compatible:
             from opacus.layers import DPLSTM  # imported lazily: only local-DP scenarios need it
 
-            self.lstm: nn.Module = DPLSTM(embed_dim, hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+            self.lstm: nn.Module = DPLSTM(
+                embed_dim, hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
+            )
         else:
-            self.lstm = nn.LSTM(embed_dim, hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+            self.lstm = nn.LSTM(
+                embed_dim, hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
+            )
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(hidden, num_classes)
 
@@ -93,8 +104,14 @@ def _text_shape(name: str, input_shape: tuple[int, ...]) -> None:
 
 
 def _sent140_lstm(
-    *, input_shape: tuple[int, ...], num_classes: int, hidden: int, vocab_size: int | None = None,
-    embed_dim: int = 100, dp_compatible: bool = False, **_: object,
+    *,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    hidden: int,
+    vocab_size: int | None = None,
+    embed_dim: int = 100,
+    dp_compatible: bool = False,
+    **_: object,
 ) -> nn.Module:
     """LEAF/CANIFE Sent140: embedding, 2-layer LSTM (CANIFE: 100 hidden), dense -> 2 classes.
 
@@ -105,20 +122,36 @@ def _sent140_lstm(
 
     _text_shape("sent140_lstm", input_shape)
     return _TextClassifier(
-        vocab_size=vocab_size or DEFAULT_MAX_WORDS + len(SPECIALS), embed_dim=embed_dim, hidden=hidden, layers=2,
-        num_classes=num_classes, dropout=0.1, dp_compatible=dp_compatible,
+        vocab_size=vocab_size or DEFAULT_MAX_WORDS + len(SPECIALS),
+        embed_dim=embed_dim,
+        hidden=hidden,
+        layers=2,
+        num_classes=num_classes,
+        dropout=0.1,
+        dp_compatible=dp_compatible,
     )
 
 
 def _shakespeare_lstm(
-    *, input_shape: tuple[int, ...], num_classes: int, hidden: int, vocab_size: int | None = None,
-    embed_dim: int = 8, dp_compatible: bool = False, **_: object,
+    *,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    hidden: int,
+    vocab_size: int | None = None,
+    embed_dim: int = 8,
+    dp_compatible: bool = False,
+    **_: object,
 ) -> nn.Module:
     """LEAF/CANIFE Shakespeare: embedding 8, 2-layer LSTM (256 hidden), next-character logits."""
     _text_shape("shakespeare_lstm", input_shape)
     return _TextClassifier(
-        vocab_size=vocab_size or num_classes, embed_dim=embed_dim, hidden=hidden, layers=2,
-        num_classes=num_classes, dropout=0.0, dp_compatible=dp_compatible,
+        vocab_size=vocab_size or num_classes,
+        embed_dim=embed_dim,
+        hidden=hidden,
+        layers=2,
+        num_classes=num_classes,
+        dropout=0.0,
+        dp_compatible=dp_compatible,
     )
 
 
@@ -158,19 +191,27 @@ class _BasicBlock(nn.Module):
         self.norm2 = nn.GroupNorm(_groups(cout), cout)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.GroupNorm(_groups(cout), cout))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.GroupNorm(_groups(cout), cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.norm1(self.conv1(x)))
         return torch.relu(self.norm2(self.conv2(out)) + self.shortcut(x))
 
 
-def _resnet_gn(*, input_shape: tuple[int, ...], num_classes: int, hidden: int, blocks: int = 1, **_: object) -> nn.Module:
+def _resnet_gn(
+    *, input_shape: tuple[int, ...], num_classes: int, hidden: int, blocks: int = 1, **_: object
+) -> nn.Module:
     """A small CIFAR ResNet (He et al. 2016, section 4.2) with GroupNorm: a 3x3 stem of
     ``hidden`` channels (default scenario value 16), three stages of ``blocks`` basic blocks
     with 1x, 2x, 4x the channels (blocks=1: ResNet-8, 3: ResNet-20), average pool, dense."""
     channels, _, _ = _image_shape("resnet_gn", input_shape)
-    layers: list[nn.Module] = [nn.Conv2d(channels, hidden, 3, padding=1, bias=False), nn.GroupNorm(_groups(hidden), hidden), nn.ReLU()]
+    layers: list[nn.Module] = [
+        nn.Conv2d(channels, hidden, 3, padding=1, bias=False),
+        nn.GroupNorm(_groups(hidden), hidden),
+        nn.ReLU(),
+    ]
     cin = hidden
     for stage, width in enumerate((hidden, 2 * hidden, 4 * hidden)):
         for block in range(blocks):

@@ -158,10 +158,14 @@ def run_scenario(
         store.finish(status="failed", error=_one_line(outcome.error))
         if isinstance(outcome.error, FedsimError):
             raise outcome.error
-        raise FedsimError(f"the run failed: {_one_line(outcome.error)}; finished rounds are in {store.path}") from outcome.error
+        raise FedsimError(
+            f"the run failed: {_one_line(outcome.error)}; finished rounds are in {store.path}"
+        ) from outcome.error
     if len(outcome.rows) != scenario.rounds:
         store.finish(status="failed", error="the simulation ended before all rounds finished")
-        raise FedsimError(f"the simulation ended after {len(outcome.rows)} of {scenario.rounds} rounds; see {store.path}")
+        raise FedsimError(
+            f"the simulation ended after {len(outcome.rows)} of {scenario.rounds} rounds; see {store.path}"
+        )
     store.finish(status="completed")
     return RunResult(store=store, rows=outcome.rows)
 

@@ -49,7 +49,7 @@ _PACKAGES = ["fedsim", "flwr", "ray", "torch", "opacus", "dp-accounting", "numpy
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _versions() -> dict[str, str]:
@@ -109,7 +109,9 @@ class RunStore:
             path = Path(parent) / run_id
             path.mkdir(parents=True)
         except OSError as error:
-            raise FedsimError(f"cannot create the run folder under {str(parent)!r} ({error.strerror}); choose another with --out") from None
+            raise FedsimError(
+                f"cannot create the run folder under {str(parent)!r} ({error.strerror}); choose another with --out"
+            ) from None
         store = cls(path)
         (path / "scenario.yaml").write_text(scenario_to_yaml(scenario))
         with open(store.rounds_path, "w", newline="") as handle:

@@ -95,7 +95,7 @@ class Aggregator(ABC):
         """State that changes across rounds (for resume)."""
         return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - stateless by default
         """Restore what :meth:`state_dict` returned."""
 
 

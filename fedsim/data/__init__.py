@@ -77,17 +77,14 @@ def make_dataset(
     options = dict(options or {})
     for key in options:
         if key in _COMMON:
-            raise DataError(
-                f"data option {key!r} is set by the scenario itself, not in {name}'s options"
-            )
+            raise DataError(f"data option {key!r} is set by the scenario itself, not in {name}'s options")
         if key not in allowed:
-            raise DataError(
-                f"unknown option {key!r} for data set {name!r}; allowed: "
-                f"{', '.join(allowed) or '(none)'}"
-            )
+            raise DataError(f"unknown option {key!r} for data set {name!r}; allowed: {', '.join(allowed) or '(none)'}")
     kwargs: dict[str, Any] = dict(
-        num_clients=num_clients, design_pool_size=design_pool,
-        test_fraction=test_fraction, seed=seed,
+        num_clients=num_clients,
+        design_pool_size=design_pool,
+        test_fraction=test_fraction,
+        seed=seed,
     )
     if "root" in params:
         kwargs["root"] = root

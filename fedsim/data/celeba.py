@@ -37,8 +37,10 @@ SOURCES = ("auto", "raw", "leaf")
 
 
 def _hint(root: Path) -> str:
-    return (f"CelebA cannot be downloaded under its terms: get {IMAGES}.zip (unzip to {IMAGES}/), {IDENTITY} and "
-            f"{ATTRIBUTES} from the CelebA page and place them in {root}")
+    return (
+        f"CelebA cannot be downloaded under its terms: get {IMAGES}.zip (unzip to {IMAGES}/), {IDENTITY} and "
+        f"{ATTRIBUTES} from the CelebA page and place them in {root}"
+    )
 
 
 def find_source(root: Path, *, source: str = "auto") -> tuple[str, list[Path]]:
@@ -116,8 +118,15 @@ def prepare(root: Path, *, source: str = "auto", out: Path | None = None, force:
     arrays = {"x": names, "y": labels}
     if is_test is not None:
         arrays["is_test"] = is_test[order_]
-    store.write_store(folder, kind=KIND, sources=files, params=params, users=[str(u) for u in uniq],
-                      offsets=np.append(starts, len(users)), arrays=arrays)
+    store.write_store(
+        folder,
+        kind=KIND,
+        sources=files,
+        params=params,
+        users=[str(u) for u in uniq],
+        offsets=np.append(starts, len(users)),
+        arrays=arrays,
+    )
     return folder
 
 
@@ -168,8 +177,12 @@ class CelebaDataset(NaturalUsersDataset):
         self._store = UserStore(prepare(self.root, source=source))
         self._has_split = self._store.has("is_test")
         self._select_users(
-            counts=self._store.counts, num_clients=num_clients, design_pool_size=design_pool_size,
-            min_samples=min_samples, user_fraction=user_fraction, seed=seed,
+            counts=self._store.counts,
+            num_clients=num_clients,
+            design_pool_size=design_pool_size,
+            min_samples=min_samples,
+            user_fraction=user_fraction,
+            seed=seed,
         )
 
     def _user_samples(self, user: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,7 +198,9 @@ class CelebaDataset(NaturalUsersDataset):
                 with Image.open(path) as image:
                     pixels = np.asarray(image.convert("RGB").resize(size, Image.BILINEAR), dtype=np.uint8)
             except OSError:
-                raise DataError(f"CelebA image {IMAGES}/{name} is missing or unreadable in {self.root}; {_hint(self.root)}") from None
+                raise DataError(
+                    f"CelebA image {IMAGES}/{name} is missing or unreadable in {self.root}; {_hint(self.root)}"
+                ) from None
             images.append(pixels)
         x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
         y = torch.from_numpy(self._store.rows(user, "y").astype(np.int64))

@@ -85,7 +85,9 @@ def _read_batches(kind: str, files: list[Path]) -> dict[str, tuple[np.ndarray, n
                 if name in wanted and member.isfile():
                     out[name] = _unpickle(archive.extractfile(member).read(), name)
     except (tarfile.TarError, OSError, EOFError) as err:
-        raise DataError(f"{files[0]} is not a readable CIFAR-10 tarball ({err.__class__.__name__}); download it again") from None
+        raise DataError(
+            f"{files[0]} is not a readable CIFAR-10 tarball ({err.__class__.__name__}); download it again"
+        ) from None
     missing = [name for name in wanted if name not in out]
     if missing:
         raise DataError(f"{files[0]} lacks {FOLDER}/{missing[0]}; download it again with `fedsim data prepare cifar10`")
@@ -104,8 +106,18 @@ def prepare(root: Path, *, out: Path | None = None, force: bool = False) -> Path
     x = np.concatenate([batches[name][0] for name in TRAIN_BATCHES])
     y = np.concatenate([batches[name][1] for name in TRAIN_BATCHES])
     store.write_store(
-        folder, kind=KIND, sources=files, params=params, users=["all"], offsets=np.array([0, len(y)]),
-        arrays={"x": x, "y": y.astype(np.int8), "x_test": batches[TEST_BATCH][0], "y_test": batches[TEST_BATCH][1].astype(np.int8)},
+        folder,
+        kind=KIND,
+        sources=files,
+        params=params,
+        users=["all"],
+        offsets=np.array([0, len(y)]),
+        arrays={
+            "x": x,
+            "y": y.astype(np.int8),
+            "x_test": batches[TEST_BATCH][0],
+            "y_test": batches[TEST_BATCH][1].astype(np.int8),
+        },
     )
     return folder
 
@@ -142,9 +154,13 @@ class Cifar10Dataset(FederatedDataset):
         seed: int = 0,
     ) -> None:
         if root is None:
-            raise DataError(f"cifar10 needs data.root, the folder with {TARBALL}; run `fedsim data prepare cifar10 --root DIR`")
+            raise DataError(
+                f"cifar10 needs data.root, the folder with {TARBALL}; run `fedsim data prepare cifar10 --root DIR`"
+            )
         if num_clients < 1 or design_pool_size < 0:
-            raise DataError(f"cifar10 needs num_clients >= 1 and design_pool >= 0, got {num_clients}, {design_pool_size}")
+            raise DataError(
+                f"cifar10 needs num_clients >= 1 and design_pool >= 0, got {num_clients}, {design_pool_size}"
+            )
         if partition not in PARTITIONS:
             raise DataError(f"cifar10 option partition={partition!r} is unknown; use one of {PARTITIONS}")
         if not 0 <= test_fraction < 1:
@@ -159,13 +175,16 @@ class Cifar10Dataset(FederatedDataset):
         self.max_samples, self.test_fraction, self.seed = max_samples, float(test_fraction), int(seed)
         users = self._num_clients + self._design_pool_size
         if partition == "dirichlet":
-            parts = dirichlet_label_partition(labels=labels, num_partitions=users, alpha=alpha, seed=seed,
-                                              min_size=2 if test_fraction > 0 else 1)
+            parts = dirichlet_label_partition(
+                labels=labels, num_partitions=users, alpha=alpha, seed=seed, min_size=2 if test_fraction > 0 else 1
+            )
         else:
             parts = iid_partition(num_samples=len(labels), num_partitions=users, seed=seed)
         if max_samples is not None:
             parts = [
-                np.sort(np.random.default_rng([seed, 13, k]).choice(p, size=max_samples, replace=False)) if len(p) > max_samples else p
+                np.sort(np.random.default_rng([seed, 13, k]).choice(p, size=max_samples, replace=False))
+                if len(p) > max_samples
+                else p
                 for k, p in enumerate(parts)
             ]
         self._parts = parts
@@ -173,7 +192,9 @@ class Cifar10Dataset(FederatedDataset):
         self._std = torch.tensor(STD).view(1, 3, 1, 1)
 
     def num_train_samples(self, client_id: int) -> int:
-        return train_test_sizes(num_samples=len(self._parts[self._check_id(client_id)]), test_fraction=self.test_fraction)[0]
+        return train_test_sizes(
+            num_samples=len(self._parts[self._check_id(client_id)]), test_fraction=self.test_fraction
+        )[0]
 
     def client(self, client_id: int) -> ClientData:
         cid = self._check_id(client_id)
@@ -211,7 +232,25 @@ def write_fake_tree(root: Path, *, images_per_batch: int = 20, seed: int = 0, ta
             b"filenames": [f"img{i}.png".encode() for i in range(images_per_batch)],
         }
         (folder / name).write_bytes(pickle.dumps(batch))
-    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"], b"num_vis": 3072}))
+    (folder / "batches.meta").write_bytes(
+        pickle.dumps(
+            {
+                b"label_names": [
+                    b"airplane",
+                    b"automobile",
+                    b"bird",
+                    b"cat",
+                    b"deer",
+                    b"dog",
+                    b"frog",
+                    b"horse",
+                    b"ship",
+                    b"truck",
+                ],
+                b"num_vis": 3072,
+            }
+        )
+    )
     if tarball:
         path = Path(root) / TARBALL
         buffer = io.BytesIO()

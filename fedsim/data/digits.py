@@ -8,7 +8,6 @@ a generator seeded by ``(seed, user)``.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
@@ -60,9 +59,7 @@ class DigitsDataset(FederatedDataset):
         if design_pool_size < 0:
             raise DataError(f"design_pool_size must be >= 0, got {design_pool_size}")
         if partition not in PARTITIONS:
-            raise DataError(
-                f"digits option partition={partition!r} is unknown; use one of {PARTITIONS}"
-            )
+            raise DataError(f"digits option partition={partition!r} is unknown; use one of {PARTITIONS}")
         if not 0 <= test_fraction < 1:
             raise DataError(f"test_fraction must be in [0, 1), got {test_fraction}")
         if seed < 0:
@@ -83,13 +80,14 @@ class DigitsDataset(FederatedDataset):
         min_size = 2 if test_fraction > 0 else 1
         if partition == "dirichlet":
             self._user_indices = dirichlet_label_partition(
-                labels=digits.target, num_partitions=num_users, alpha=alpha, seed=seed,
+                labels=digits.target,
+                num_partitions=num_users,
+                alpha=alpha,
+                seed=seed,
                 min_size=min_size,
             )
         else:
-            self._user_indices = iid_partition(
-                num_samples=len(digits.target), num_partitions=num_users, seed=seed
-            )
+            self._user_indices = iid_partition(num_samples=len(digits.target), num_partitions=num_users, seed=seed)
 
     def num_train_samples(self, client_id: int) -> int:
         n = len(self._user_indices[self._check_id(client_id)])
@@ -99,12 +97,12 @@ class DigitsDataset(FederatedDataset):
         cid = self._check_id(client_id)
         indices = self._user_indices[cid]
         rng = np.random.default_rng([self.seed, cid])
-        train, test = train_test_split_indices(
-            num_samples=len(indices), test_fraction=self.test_fraction, rng=rng
-        )
+        train, test = train_test_split_indices(num_samples=len(indices), test_fraction=self.test_fraction, rng=rng)
         train_t = torch.from_numpy(indices[train])
         test_t = torch.from_numpy(indices[test])
         return ClientData(
-            x_train=self._x[train_t], y_train=self._y[train_t],
-            x_test=self._x[test_t], y_test=self._y[test_t],
+            x_train=self._x[train_t],
+            y_train=self._y[train_t],
+            x_test=self._x[test_t],
+            y_test=self._y[test_t],
         )

@@ -91,7 +91,9 @@ def read_leaf(files: list[Path]) -> tuple[list[str], dict[str, LeafUser]]:
             # LEAF's Shakespeare test files count the 79 windows it drops between a user's
             # train and test text in num_samples, so the lists are what counts.
             if data is None or len(data.get("x", ())) != len(data.get("y", ())) or len(data.get("y", ())) > count:
-                raise DataError(f"{path}: user {name!r} has no matching x and y lists (at most num_samples={count}) in user_data")
+                raise DataError(
+                    f"{path}: user {name!r} has no matching x and y lists (at most num_samples={count}) in user_data"
+                )
             count = len(data["y"])
             user = users.get(str(name))
             if user is None:

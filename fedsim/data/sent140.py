@@ -55,7 +55,9 @@ def find_source(root: Path, *, source: str = "auto", csv_file: str | None = None
         if files:
             return "leaf", files
         if source == "leaf":
-            raise DataError(f"no LEAF JSON for sent140 in {root} (looked in leaf/, data/train, data/test and the folder itself)")
+            raise DataError(
+                f"no LEAF JSON for sent140 in {root} (looked in leaf/, data/train, data/test and the folder itself)"
+            )
     if csv_file is not None:
         path = root / csv_file
         if not path.is_file():
@@ -79,11 +81,15 @@ def _read_csv(kind: str, path: Path):
         if kind == "zip":
             with zipfile.ZipFile(path) as archive:
                 with archive.open(CSV_NAME) as handle:
-                    frame = pd.read_csv(handle, encoding="latin-1", header=None, names=names, dtype=str, keep_default_na=False)
+                    frame = pd.read_csv(
+                        handle, encoding="latin-1", header=None, names=names, dtype=str, keep_default_na=False
+                    )
         else:
             frame = pd.read_csv(path, encoding="latin-1", header=None, names=names, dtype=str, keep_default_na=False)
     except (KeyError, zipfile.BadZipFile) as err:
-        raise DataError(f"{path} is not the Sentiment140 archive ({err}); download it again with `fedsim data prepare sent140`") from None
+        raise DataError(
+            f"{path} is not the Sentiment140 archive ({err}); download it again with `fedsim data prepare sent140`"
+        ) from None
     except (ValueError, OSError) as err:
         raise DataError(f"cannot read Sentiment140 CSV {path}: {str(err).splitlines()[0]}") from None
     polarity = frame["polarity"].to_numpy()
@@ -107,11 +113,23 @@ def _read_leaf(files: list[Path]):
             labels.append(int(float(y)))
             is_test.append(test)
     flags = np.asarray(is_test, dtype=bool)
-    return np.asarray(users, dtype=str), np.asarray(texts, dtype=object), np.asarray(labels, dtype=np.int64), (flags if flags.any() else None)
+    return (
+        np.asarray(users, dtype=str),
+        np.asarray(texts, dtype=object),
+        np.asarray(labels, dtype=np.int64),
+        (flags if flags.any() else None),
+    )
 
 
-def prepare(root: Path, *, source: str = "auto", csv_file: str | None = None, max_words: int = DEFAULT_MAX_WORDS,
-            out: Path | None = None, force: bool = False) -> Path:
+def prepare(
+    root: Path,
+    *,
+    source: str = "auto",
+    csv_file: str | None = None,
+    max_words: int = DEFAULT_MAX_WORDS,
+    out: Path | None = None,
+    force: bool = False,
+) -> Path:
     """Prepare Sent140 under ``root`` once (sorted by user, tokenised); returns the folder.
 
     Re-uses an existing preparation made from the same files with the same parameters.
@@ -138,8 +156,14 @@ def prepare(root: Path, *, source: str = "auto", csv_file: str | None = None, ma
         arrays["is_test"] = is_test[order]
     (folder.parent).mkdir(parents=True, exist_ok=True)
     store.write_store(
-        folder, kind=KIND, sources=files, params=params, users=[str(n) for n in names], offsets=offsets,
-        arrays=arrays, extra={"vocabulary": vocabulary},
+        folder,
+        kind=KIND,
+        sources=files,
+        params=params,
+        users=[str(n) for n in names],
+        offsets=offsets,
+        arrays=arrays,
+        extra={"vocabulary": vocabulary},
     )
     return folder
 
@@ -182,7 +206,9 @@ class Sent140Dataset(NaturalUsersDataset):
         seed: int = 0,
     ) -> None:
         if root is None:
-            raise DataError(f"sent140 needs data.root, the folder with {CSV_NAME}; run `fedsim data prepare sent140 --root DIR`")
+            raise DataError(
+                f"sent140 needs data.root, the folder with {CSV_NAME}; run `fedsim data prepare sent140 --root DIR`"
+            )
         if not 0 <= test_fraction < 1:
             raise DataError(f"test_fraction must be in [0, 1), got {test_fraction}")
         if max_samples is not None and max_samples < 1:
@@ -196,8 +222,12 @@ class Sent140Dataset(NaturalUsersDataset):
         self.vocab_size = len(self.vocabulary)
         self._has_split = self._store.has("is_test")
         self._select_users(
-            counts=self._store.counts, num_clients=num_clients, design_pool_size=design_pool_size,
-            min_samples=min_samples, user_fraction=user_fraction, seed=seed,
+            counts=self._store.counts,
+            num_clients=num_clients,
+            design_pool_size=design_pool_size,
+            min_samples=min_samples,
+            user_fraction=user_fraction,
+            seed=seed,
         )
 
     def _user_samples(self, user: int) -> tuple[torch.Tensor, torch.Tensor]:

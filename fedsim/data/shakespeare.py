@@ -47,8 +47,10 @@ _SPACES = re.compile(r"\s+")
 
 
 def _hint(root: Path) -> str:
-    return (f"run `fedsim data prepare shakespeare --root {root}` or place {GUTENBERG_NAMES[0]} "
-            "(Gutenberg complete works), LEAF's JSON (leaf/ or data/train, data/test) or tinyshakespeare.txt there")
+    return (
+        f"run `fedsim data prepare shakespeare --root {root}` or place {GUTENBERG_NAMES[0]} "
+        "(Gutenberg complete works), LEAF's JSON (leaf/ or data/train, data/test) or tinyshakespeare.txt there"
+    )
 
 
 def find_source(root: Path, *, source: str = "auto") -> tuple[str, list[Path]]:
@@ -103,7 +105,7 @@ def parse_gutenberg(text: str) -> dict[str, str]:
     start = re.search(r"^\*\*\* ?START OF.*$", text, flags=re.M)
     end = re.search(r"^\*\*\* ?END OF.*$", text, flags=re.M)
     if start:
-        text = text[start.end():end.start() if end else None]
+        text = text[start.end() : end.start() if end else None]
     lines = text.split("\n")
     titles: set[str] = set()
     i = next((k for k, line in enumerate(lines) if line.strip().lower() == "contents"), None)
@@ -158,7 +160,9 @@ def prepare(root: Path, *, source: str = "auto", out: Path | None = None, force:
         for name in order:
             user = data[name]
             if any(len(x) != SEQ_LEN for x in user.x) or any(len(y) != 1 for y in user.y):
-                raise DataError(f"LEAF Shakespeare user {name!r}: samples must be {SEQ_LEN}-character strings with a 1-character label")
+                raise DataError(
+                    f"LEAF Shakespeare user {name!r}: samples must be {SEQ_LEN}-character strings with a 1-character label"
+                )
             xs.append(encode_chars("".join(user.x)).reshape(-1, SEQ_LEN))
             ys.append(encode_chars("".join(user.y)))
             tests.append(np.asarray(user.test, dtype=bool))
@@ -168,8 +172,16 @@ def prepare(root: Path, *, source: str = "auto", out: Path | None = None, force:
         if is_test.any():
             arrays["is_test"] = is_test
         offsets = np.concatenate([[0], np.cumsum(counts)])
-        store.write_store(folder, kind=KIND, sources=files, params=params, users=order, offsets=offsets,
-                          arrays=arrays, extra={"layout": "windows"})
+        store.write_store(
+            folder,
+            kind=KIND,
+            sources=files,
+            params=params,
+            users=order,
+            offsets=offsets,
+            arrays=arrays,
+            extra={"layout": "windows"},
+        )
         return folder
     raw = files[0].read_text(encoding="utf-8", errors="replace")
     users = parse_gutenberg(raw) if kind == "gutenberg" else parse_speeches(raw)
@@ -178,8 +190,16 @@ def prepare(root: Path, *, source: str = "auto", out: Path | None = None, force:
     names = sorted(users)
     streams = [encode_chars(users[name]) for name in names]
     offsets = np.concatenate([[0], np.cumsum([len(s) for s in streams])])
-    store.write_store(folder, kind=KIND, sources=files, params=params, users=names, offsets=offsets,
-                      arrays={"x": np.concatenate(streams)}, extra={"layout": "stream"})
+    store.write_store(
+        folder,
+        kind=KIND,
+        sources=files,
+        params=params,
+        users=names,
+        offsets=offsets,
+        arrays={"x": np.concatenate(streams)},
+        extra={"layout": "stream"},
+    )
     return folder
 
 
@@ -220,7 +240,9 @@ class ShakespeareDataset(NaturalUsersDataset):
         seed: int = 0,
     ) -> None:
         if root is None:
-            raise DataError("shakespeare needs data.root (the folder with pg100.txt or LEAF's JSON); run `fedsim data prepare shakespeare --root DIR`")
+            raise DataError(
+                "shakespeare needs data.root (the folder with pg100.txt or LEAF's JSON); run `fedsim data prepare shakespeare --root DIR`"
+            )
         if not 0 <= test_fraction < 1:
             raise DataError(f"test_fraction must be in [0, 1), got {test_fraction}")
         if max_samples is not None and max_samples < 1:
@@ -239,8 +261,12 @@ class ShakespeareDataset(NaturalUsersDataset):
             counts = np.maximum(counts - SEQ_LEN, 0)
         self._counts = counts
         self._select_users(
-            counts=counts, num_clients=num_clients, design_pool_size=design_pool_size,
-            min_samples=min_samples, user_fraction=user_fraction, seed=seed,
+            counts=counts,
+            num_clients=num_clients,
+            design_pool_size=design_pool_size,
+            min_samples=min_samples,
+            user_fraction=user_fraction,
+            seed=seed,
         )
 
     def _user_count(self, user: int) -> int:
@@ -273,7 +299,7 @@ class ShakespeareDataset(NaturalUsersDataset):
         start = 0
         if n < n_all:
             start = int(np.random.default_rng([self.seed, 13, user]).integers(0, n_all - n + 1))
-        text = np.array(self._store.array("x")[lo + start: lo + start + n + SEQ_LEN]).astype(np.int64)
+        text = np.array(self._store.array("x")[lo + start : lo + start + n + SEQ_LEN]).astype(np.int64)
         chars = torch.from_numpy(text)
         return chars.unfold(0, SEQ_LEN, 1)[:n].contiguous(), chars[SEQ_LEN:].clone()
 

@@ -64,9 +64,7 @@ def prepared_dir(root: Path, name: str) -> Path:
 
 def source_stamp(paths: list[Path]) -> list[dict[str, Any]]:
     """Name, size and modification time of the source files (cheap change detection)."""
-    return [
-        {"name": p.name, "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in paths
-    ]
+    return [{"name": p.name, "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in paths]
 
 
 def read_meta(folder: Path) -> dict[str, Any] | None:

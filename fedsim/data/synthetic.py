@@ -13,7 +13,6 @@ user's tensors do not depend on which users were loaded before, and a population
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
@@ -86,9 +85,7 @@ class SyntheticDataset(FederatedDataset):
         _require(num_classes >= 2, "num_classes", num_classes, "at least 2")
         _require(sigma_log_samples >= 0, "sigma_log_samples", sigma_log_samples, ">= 0")
         _require(min_samples >= 1, "min_samples", min_samples, "at least 1")
-        _require(
-            max_samples >= min_samples, "max_samples", max_samples, f">= min_samples ({min_samples})"
-        )
+        _require(max_samples >= min_samples, "max_samples", max_samples, f">= min_samples ({min_samples})")
         _require(0 <= test_fraction < 1, "test_fraction", test_fraction, "in [0, 1)")
         _require(seed >= 0, "seed", seed, ">= 0")
 
@@ -136,15 +133,11 @@ class SyntheticDataset(FederatedDataset):
             x_mean = rng.normal(rng.normal(0.0, self.beta), 1.0, self.dim)
         x = x_mean + rng.standard_normal((n, self.dim)) * self._x_std
         y = np.argmax(x @ w.T + b, axis=1)  # softmax is monotone: argmax of the logits
-        train, test = train_test_split_indices(
-            num_samples=n, test_fraction=self.test_fraction, rng=rng
-        )
+        train, test = train_test_split_indices(num_samples=n, test_fraction=self.test_fraction, rng=rng)
         xt = torch.from_numpy(x.astype(np.float32))
         yt = torch.from_numpy(y.astype(np.int64))
         train_t, test_t = torch.from_numpy(train), torch.from_numpy(test)
-        return ClientData(
-            x_train=xt[train_t], y_train=yt[train_t], x_test=xt[test_t], y_test=yt[test_t]
-        )
+        return ClientData(x_train=xt[train_t], y_train=yt[train_t], x_test=xt[test_t], y_test=yt[test_t])
 
 
 def _require(ok: bool, option: str, value: object, allowed: str) -> None:

@@ -68,9 +68,7 @@ def _check_cohort(population: int, cohort: int) -> None:
     _check_count(population, "population")
     _check_count(cohort, "cohort")
     if cohort > population:
-        raise PrivacyError(
-            f"cohort must be <= population ({population}), got {cohort!r}"
-        )
+        raise PrivacyError(f"cohort must be <= population ({population}), got {cohort!r}")
 
 
 # --- events -----------------------------------------------------------------------
@@ -84,9 +82,7 @@ def _gaussian(noise_multiplier: float) -> dp_accounting.DpEvent:
     return dp_accounting.GaussianDpEvent(noise_multiplier)
 
 
-def round_event(
-    *, noise_multiplier: float, sampling: Sampling, population: int, cohort: int
-) -> dp_accounting.DpEvent:
+def round_event(*, noise_multiplier: float, sampling: Sampling, population: int, cohort: int) -> dp_accounting.DpEvent:
     """One DP-FedAvg round: a sampled Gaussian with sensitivity 1.
 
     Args:
@@ -118,9 +114,7 @@ def round_event(
     )
 
 
-def dpsgd_round_event(
-    *, noise_multiplier: float, sample_rate: float, steps: int
-) -> dp_accounting.DpEvent:
+def dpsgd_round_event(*, noise_multiplier: float, sample_rate: float, steps: int) -> dp_accounting.DpEvent:
     """Local DP-SGD inside one client's training (sample-level), as one event.
 
     Args:
@@ -137,9 +131,7 @@ def dpsgd_round_event(
     gaussian = _gaussian(noise_multiplier)
     if not isinstance(gaussian, dp_accounting.GaussianDpEvent):
         return gaussian
-    return dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(sample_rate, gaussian), steps
-    )
+    return dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(sample_rate, gaussian), steps)
 
 
 def _has_without_replacement(event: dp_accounting.DpEvent) -> bool:
@@ -152,9 +144,7 @@ def _has_without_replacement(event: dp_accounting.DpEvent) -> bool:
     return False
 
 
-def _new_accountant(
-    accountant: AccountantName, without_replacement: bool
-) -> dp_accounting.PrivacyAccountant:
+def _new_accountant(accountant: AccountantName, without_replacement: bool) -> dp_accounting.PrivacyAccountant:
     _check_choice(accountant, "accountant", AccountantName)
     if accountant == "pld":
         if without_replacement:
@@ -171,9 +161,7 @@ def _new_accountant(
     return rdp.RdpAccountant(neighboring_relation=relation)
 
 
-def _compose(
-    acc: dp_accounting.PrivacyAccountant, event: dp_accounting.DpEvent, count: int = 1
-) -> None:
+def _compose(acc: dp_accounting.PrivacyAccountant, event: dp_accounting.DpEvent, count: int = 1) -> None:
     try:
         acc.compose(event, count)
     except dp_accounting.UnsupportedEventError as exc:
@@ -181,9 +169,7 @@ def _compose(
         raise PrivacyError(f"event not supported by the accountant: {message}") from exc
 
 
-def epsilon_for_event(
-    *, event: dp_accounting.DpEvent, delta: float, accountant: AccountantName
-) -> float:
+def epsilon_for_event(*, event: dp_accounting.DpEvent, delta: float, accountant: AccountantName) -> float:
     """Epsilon at delta of a DpEvent.
 
     Args:
@@ -217,9 +203,7 @@ def _log_delta(sigma: float, epsilon: float) -> float:
     return a + math.log1p(-math.exp(b - a)) if b < a else -math.inf
 
 
-def gaussian_epsilon(
-    *, noise_multiplier: float, delta: float, accountant: AccountantName = "pld"
-) -> float:
+def gaussian_epsilon(*, noise_multiplier: float, delta: float, accountant: AccountantName = "pld") -> float:
     """Epsilon of one Gaussian mechanism (sensitivity 1, std noise_multiplier).
 
     No subsampling, no composition: the per-round epsilon the canary audit compares
@@ -314,9 +298,7 @@ class RoundAccountant:
     rounds (roughly 0.1 s for PLD or RDP).
     """
 
-    def __init__(
-        self, *, delta: float, sampling: Sampling, population: int, cohort: int
-    ) -> None:
+    def __init__(self, *, delta: float, sampling: Sampling, population: int, cohort: int) -> None:
         """Sets up an empty accountant.
 
         Args:
@@ -395,9 +377,7 @@ class RoundAccountant:
         """
         noise = state.get("noise_multipliers") if isinstance(state, dict) else None
         if not isinstance(noise, list):
-            raise PrivacyError(
-                "accountant state must be a dict with a list 'noise_multipliers'"
-            )
+            raise PrivacyError("accountant state must be a dict with a list 'noise_multipliers'")
         for value in noise:
             _check_noise(value, "noise_multipliers entry")
         self._noise = [float(value) for value in noise]
@@ -441,15 +421,12 @@ def cumulative_epsilon(
             event = dp_accounting.PoissonSampledDpEvent(sampling_rate, event)
     else:
         if population is None:
-            raise PrivacyError(
-                "population is required for sampling=without_replacement"
-            )
+            raise PrivacyError("population is required for sampling=without_replacement")
         _check_count(population, "population")
         cohort = round(sampling_rate * population)
         if cohort < 1:
             raise PrivacyError(
-                f"sampling_rate * population must round to >= 1 client, got "
-                f"{sampling_rate!r} * {population!r}"
+                f"sampling_rate * population must round to >= 1 client, got {sampling_rate!r} * {population!r}"
             )
         event = round_event(
             noise_multiplier=noise_multiplier,
@@ -495,9 +472,7 @@ def noise_multiplier_for_epsilon(
         PrivacyError: If no noise multiplier in the searched range reaches the target.
     """
     if not 0 < target_epsilon < math.inf:
-        raise PrivacyError(
-            f"target_epsilon must be a finite number > 0, got {target_epsilon!r}"
-        )
+        raise PrivacyError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}")
 
     @functools.cache
     def eps(noise: float) -> float:

@@ -25,17 +25,48 @@ def test_run_attached_to_a_ray_head_on_localhost(tmp_path, project_root):
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
     temp_dir = Path(tempfile.mkdtemp(prefix="fsr", dir="/tmp"))  # Ray's socket paths must stay short
     start = subprocess.run(
-        [str(BIN / "ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-         "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        capture_output=True, text=True, env=env, timeout=120,
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     try:
         assert start.returncode == 0, start.stderr[-2000:]
         result = subprocess.run(
-            [str(BIN / "fedsim"), "run", str(project_root / "scenarios" / "quickstart.yaml"),
-             "--set", "rounds=2", "--set", "clients_per_round=4", "--set", "data.num_clients=12",
-             "--set", "ray.num_nodes=4", "--set", "audit.enabled=false", "--ray-address", f"127.0.0.1:{port}", "--out", str(tmp_path / "runs")],
-            capture_output=True, text=True, env=env, timeout=300,
+            [
+                str(BIN / "fedsim"),
+                "run",
+                str(project_root / "scenarios" / "quickstart.yaml"),
+                "--set",
+                "rounds=2",
+                "--set",
+                "clients_per_round=4",
+                "--set",
+                "data.num_clients=12",
+                "--set",
+                "ray.num_nodes=4",
+                "--set",
+                "audit.enabled=false",
+                "--ray-address",
+                f"127.0.0.1:{port}",
+                "--out",
+                str(tmp_path / "runs"),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
         )
         assert result.returncode == 0, result.stderr[-2000:]
         (folder,) = list((tmp_path / "runs").iterdir())
@@ -50,9 +81,20 @@ def test_run_attached_to_a_ray_head_on_localhost(tmp_path, project_root):
 def test_dead_ray_address_fails_fast_with_one_line(tmp_path, project_root):
     port = _free_port()  # nothing listens there
     result = subprocess.run(
-        [str(BIN / "fedsim"), "run", str(project_root / "scenarios" / "quickstart.yaml"),
-         "--set", "ray.timeout_s=2", "--ray-address", f"127.0.0.1:{port}", "--out", str(tmp_path / "runs")],
-        capture_output=True, text=True, timeout=60,
+        [
+            str(BIN / "fedsim"),
+            "run",
+            str(project_root / "scenarios" / "quickstart.yaml"),
+            "--set",
+            "ray.timeout_s=2",
+            "--ray-address",
+            f"127.0.0.1:{port}",
+            "--out",
+            str(tmp_path / "runs"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

@@ -4,7 +4,6 @@ import csv
 import json
 import math
 import subprocess
-import sys
 
 import pytest
 
@@ -25,9 +24,7 @@ SMALL = [
 
 
 def _fedsim(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / "fedsim"), *args], capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([str(BIN / "fedsim"), *args], capture_output=True, text=True, timeout=timeout)
 
 
 def _run_folder(out_dir):
@@ -42,7 +39,13 @@ def _rows(folder):
 
 def test_fedsim_run_server_fixed_writes_every_round(tmp_path, project_root):
     overrides = [*SMALL, "dp.noise_multiplier=0.5", "dp.clip_norm=1.0"]
-    result = _fedsim("run", str(project_root / "scenarios" / "quickstart.yaml"), *sum((["--set", s] for s in overrides), []), "--out", str(tmp_path))
+    result = _fedsim(
+        "run",
+        str(project_root / "scenarios" / "quickstart.yaml"),
+        *sum((["--set", s] for s in overrides), []),
+        "--out",
+        str(tmp_path),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     folder = _run_folder(tmp_path)
     assert f"results: {folder}" in result.stdout
@@ -93,9 +96,20 @@ def test_ctrl_c_stops_the_run_and_keeps_finished_rounds(tmp_path, project_root):
     import time
 
     process = subprocess.Popen(
-        [str(BIN / "fedsim"), "run", str(project_root / "scenarios" / "quickstart.yaml"), "--set", "rounds=200",
-         "--set", "ray.num_nodes=5", "--out", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            str(BIN / "fedsim"),
+            "run",
+            str(project_root / "scenarios" / "quickstart.yaml"),
+            "--set",
+            "rounds=200",
+            "--set",
+            "ray.num_nodes=5",
+            "--out",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:

@@ -68,11 +68,15 @@ def test_audit_replays_never_change_the_training(tmp_path, project_root):
     overrides = ["rounds=3", "audit.tests=2000"]
     audited = run_scenario(
         scenario=load_scenario(project_root / "scenarios" / "quickstart.yaml", overrides=overrides),
-        out_dir=tmp_path, engine="inprocess",
+        out_dir=tmp_path,
+        engine="inprocess",
     ).rows
     plain = run_scenario(
-        scenario=load_scenario(project_root / "scenarios" / "quickstart.yaml", overrides=[*overrides, "audit.enabled=false"]),
-        out_dir=tmp_path, engine="inprocess",
+        scenario=load_scenario(
+            project_root / "scenarios" / "quickstart.yaml", overrides=[*overrides, "audit.enabled=false"]
+        ),
+        out_dir=tmp_path,
+        engine="inprocess",
     ).rows
     for a, p in zip(audited, plain, strict=True):
         for key in ("clients", "train_loss", "eval_accuracy", "epsilon_cumulative_theory"):
@@ -95,8 +99,12 @@ def test_audit_exposes_a_strategy_that_adds_less_noise_than_it_claims(tmp_path, 
 
     def half_noise_factory(*, scenario):
         dp = scenario.dp
-        return HalfNoise(noise_multiplier=dp.noise_multiplier, clip_norm=dp.clip_norm,
-                         expected_cohort=scenario.clients_per_round, clip_on_server=True)
+        return HalfNoise(
+            noise_multiplier=dp.noise_multiplier,
+            clip_norm=dp.clip_norm,
+            expected_cohort=scenario.clients_per_round,
+            clip_on_server=True,
+        )
 
     monkeypatch.setattr(loop, "build_aggregator", half_noise_factory)
     row, _ = _audit_row(project_root, tmp_path, "audit.canary=update", "dp.noise_multiplier=2.0")

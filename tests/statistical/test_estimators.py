@@ -32,11 +32,7 @@ def reference_gdp_epsilon(mu: float, delta: float) -> float:
     """Dong, Roth & Su (2019), Cor. 2.13, written out with scipy.stats.norm and solved directly."""
 
     def excess(eps: float) -> float:
-        return (
-            stats.norm.cdf(-eps / mu + mu / 2)
-            - math.exp(eps) * stats.norm.cdf(-eps / mu - mu / 2)
-            - delta
-        )
+        return stats.norm.cdf(-eps / mu + mu / 2) - math.exp(eps) * stats.norm.cdf(-eps / mu - mu / 2) - delta
 
     return optimize.brentq(excess, 0.0, 700.0, xtol=1e-13, maxiter=500)
 
@@ -153,15 +149,11 @@ def test_gdp_epsilon_edges():
 # --------------------------------------------------------------------- gaussians_epsilon
 
 
-@pytest.mark.parametrize(
-    ("mu_in", "mu_out", "sigma"), [(1.0, 0.0, 1.0), (0.3, -0.2, 0.5), (-3.0, 1.0, 2.0)]
-)
+@pytest.mark.parametrize(("mu_in", "mu_out", "sigma"), [(1.0, 0.0, 1.0), (0.3, -0.2, 0.5), (-3.0, 1.0, 2.0)])
 def test_gaussians_epsilon_equal_variances_is_gdp(mu_in, mu_out, sigma):
     mu = abs(mu_in - mu_out) / sigma
     expected = reference_gdp_epsilon(mu, DELTA)
-    got = gaussians_epsilon(
-        mu_in=mu_in, sigma_in=sigma, mu_out=mu_out, sigma_out=sigma, delta=DELTA
-    )
+    got = gaussians_epsilon(mu_in=mu_in, sigma_in=sigma, mu_out=mu_out, sigma_out=sigma, delta=DELTA)
     assert got == pytest.approx(expected, rel=1e-7)
     # A hair's difference in variance takes the quadratic (unequal-variance) route and must
     # agree: the two computations meet continuously.
@@ -177,12 +169,8 @@ def test_gaussians_epsilon_equal_variances_is_gdp(mu_in, mu_out, sigma):
     [(1.0, 1.5, 0.0, 1.0), (0.3, 0.7, 0.0, 1.2), (2.0, 1.0, 0.0, 1.1), (0.0, 2.0, 0.0, 1.0)],
 )
 def test_gaussians_epsilon_symmetric_in_swapping_in_and_out(mu_in, sigma_in, mu_out, sigma_out):
-    forward = gaussians_epsilon(
-        mu_in=mu_in, sigma_in=sigma_in, mu_out=mu_out, sigma_out=sigma_out, delta=DELTA
-    )
-    backward = gaussians_epsilon(
-        mu_in=mu_out, sigma_in=sigma_out, mu_out=mu_in, sigma_out=sigma_in, delta=DELTA
-    )
+    forward = gaussians_epsilon(mu_in=mu_in, sigma_in=sigma_in, mu_out=mu_out, sigma_out=sigma_out, delta=DELTA)
+    backward = gaussians_epsilon(mu_in=mu_out, sigma_in=sigma_out, mu_out=mu_in, sigma_out=sigma_in, delta=DELTA)
     assert forward == pytest.approx(backward, rel=1e-10)
 
 
@@ -196,9 +184,7 @@ def test_gaussians_epsilon_symmetric_in_swapping_in_and_out(mu_in, sigma_in, mu_
     ],
 )
 def test_gaussians_epsilon_matches_numerical_integration(mu_in, sigma_in, mu_out, sigma_out, delta):
-    eps = gaussians_epsilon(
-        mu_in=mu_in, sigma_in=sigma_in, mu_out=mu_out, sigma_out=sigma_out, delta=delta
-    )
+    eps = gaussians_epsilon(mu_in=mu_in, sigma_in=sigma_in, mu_out=mu_out, sigma_out=sigma_out, delta=delta)
     p = stats.norm(mu_in, sigma_in)
     q = stats.norm(mu_out, sigma_out)
 
@@ -225,12 +211,8 @@ def test_unequal_variances_leak_more_than_equal_ones():
     for sigma_in in (0.8, 1.25):
         gaps = []
         for delta in (1e-5, 1e-8):
-            unequal = gaussians_epsilon(
-                mu_in=1.0, sigma_in=sigma_in, mu_out=0.0, sigma_out=1.0, delta=delta
-            )
-            equal = max(
-                reference_gdp_epsilon(1.0, delta), reference_gdp_epsilon(1 / sigma_in, delta)
-            )
+            unequal = gaussians_epsilon(mu_in=1.0, sigma_in=sigma_in, mu_out=0.0, sigma_out=1.0, delta=delta)
+            equal = max(reference_gdp_epsilon(1.0, delta), reference_gdp_epsilon(1 / sigma_in, delta))
             assert unequal > equal
             gaps.append(unequal - equal)
         assert gaps[1] > gaps[0]
@@ -278,9 +260,7 @@ def test_gaussian_method_interval_covers_the_truth():
     covered = 0
     for seed in range(trials):
         with_, without = gaussian_scores(seed=seed, mu=mu, n_with=n)
-        est = empirical_epsilon(
-            with_, without, delta=DELTA, method="gaussian", n_bootstrap=100, seed=seed
-        )
+        est = empirical_epsilon(with_, without, delta=DELTA, method="gaussian", n_bootstrap=100, seed=seed)
         covered += est.lower <= truth <= est.upper
     assert covered / trials >= 0.85
 
@@ -303,18 +283,14 @@ def test_gaussian_method_is_seeded():
 )
 @pytest.mark.parametrize("delta", [1e-5, 0.05])
 @pytest.mark.parametrize("grid_points", [None, 12])
-def test_threshold_sweep_matches_reference(
-    n_with, n_without, mu, rounding, delta, grid_points, monkeypatch
-):
+def test_threshold_sweep_matches_reference(n_with, n_without, mu, rounding, delta, grid_points, monkeypatch):
     # Unequal counts catch CANIFE's mix-up (FPR's interval over the with-count); rounding
     # makes ties, which pin down "FNR counts scores at or below t". The sweep computes
     # exact CP limits on a grid of counts and refines; a very coarse grid must change
     # nothing but the speed.
     if grid_points is not None:
         monkeypatch.setattr(estimators, "_CP_GRID_POINTS", grid_points)
-    with_, without = gaussian_scores(
-        seed=n_with + n_without, mu=mu, n_with=n_with, n_without=n_without
-    )
+    with_, without = gaussian_scores(seed=n_with + n_without, mu=mu, n_with=n_with, n_without=n_without)
     if rounding is not None:
         with_, without = np.round(with_, rounding), np.round(without, rounding)
     est = empirical_epsilon(with_, without, delta=delta, confidence=0.9)
@@ -363,10 +339,7 @@ def test_threshold_lower_bound_coverage_where_it_is_tight():
     mu, delta, trials = 1.0, 0.05, 200
     truth = reference_gdp_epsilon(mu, delta)
     lowers = np.array(
-        [
-            empirical_epsilon(*gaussian_scores(seed=s, mu=mu, n_with=1_000), delta=delta).lower
-            for s in range(trials)
-        ]
+        [empirical_epsilon(*gaussian_scores(seed=s, mu=mu, n_with=1_000), delta=delta).lower for s in range(trials)]
     )
     assert np.mean(lowers > truth) <= 0.05
     assert np.median(lowers) > 0.6 * truth  # and it is not vacuous
@@ -411,9 +384,7 @@ def test_perfect_separation(n):
 
 
 def test_perfect_separation_bound_grows_with_samples():
-    bounds = [
-        empirical_epsilon(np.ones(n), np.zeros(n), delta=DELTA).lower for n in (100, 1_000, 10_000)
-    ]
+    bounds = [empirical_epsilon(np.ones(n), np.zeros(n), delta=DELTA).lower for n in (100, 1_000, 10_000)]
     assert bounds[0] < bounds[1] < bounds[2] < math.inf
 
 

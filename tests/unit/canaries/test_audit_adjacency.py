@@ -12,7 +12,11 @@ from fedsim.strategies.dp import FixedClippingAggregator
 
 def _auditor(tests: int) -> CanaryAuditor:
     scenario = scenario_from_dict(
-        {"clients_per_round": 3, "data": {"num_clients": 10, "design_pool": 2}, "audit": {"enabled": True, "design_pool": 2, "tests": tests}}
+        {
+            "clients_per_round": 3,
+            "data": {"num_clients": 10, "design_pool": 2},
+            "audit": {"enabled": True, "design_pool": 2, "tests": tests},
+        }
     )
     return CanaryAuditor(scenario=scenario, dataset=dataset_for(scenario))
 
@@ -38,8 +42,12 @@ def test_replays_add_fresh_noise_with_the_strategys_std():
     aggregator = FixedClippingAggregator(noise_multiplier=1.5, clip_norm=0.5, expected_cohort=3, clip_on_server=True)
     direction = np.eye(30)[0]
     scores_with, scores_without = _auditor(tests=20_000)._test(
-        cohort_updates=np.zeros((0, 30)), canary_update=0.5 * direction, direction=direction, scale=0.5,
-        aggregator=aggregator, rng=rng,
+        cohort_updates=np.zeros((0, 30)),
+        canary_update=0.5 * direction,
+        direction=direction,
+        scale=0.5,
+        aggregator=aggregator,
+        rng=rng,
     )
     # s = <v, U> / C: pure noise N(0, z^2) without, N(1, z^2) with
     assert scores_without.std() == pytest.approx(1.5, rel=0.03) and scores_with.std() == pytest.approx(1.5, rel=0.03)

@@ -28,8 +28,17 @@ def test_sample_canary_meets_the_norm_and_has_small_projection():
     rng = np.random.default_rng(0)
     design = _pool(rng.normal(size=(30, dim)).astype(np.float32) * 0.1)
     canary = craft_sample_canary(
-        model=model, design=design, input_shape=(12,), input_kind="float", label=2, clip_norm=1.0,
-        norm_constant=5.0, iterations=150, lr=0.1, batch_size=10, seed=3,
+        model=model,
+        design=design,
+        input_shape=(12,),
+        input_kind="float",
+        label=2,
+        clip_norm=1.0,
+        norm_constant=5.0,
+        iterations=150,
+        lr=0.1,
+        batch_size=10,
+        seed=3,
     )
     assert canary.health > 0.5 and canary.loss_final < canary.loss_init
     # recompute the canary's gradient independently: its norm reaches C_norm

@@ -26,9 +26,17 @@ def test_cifar10_images_are_partitioned_once_and_normalised(tmp_path, tarball):
     raw_x, raw_y = _raw_cifar(tmp_path)
     if tarball:
         import shutil
+
         shutil.rmtree(tmp_path / cifar_mod.FOLDER)
-    ds = make_dataset(name="cifar10", num_clients=8, design_pool=2, test_fraction=0.25, seed=0,
-                      root=str(tmp_path), options={"partition": "iid"})
+    ds = make_dataset(
+        name="cifar10",
+        num_clients=8,
+        design_pool=2,
+        test_fraction=0.25,
+        seed=0,
+        root=str(tmp_path),
+        options={"partition": "iid"},
+    )
     assert (ds.num_classes, ds.input_shape, ds.input_kind) == (10, (3, 32, 32), "float")
     users = [ds.client(c) for c in range(10)]
     assert sum(u.num_train + u.num_test for u in users) == 200
@@ -36,8 +44,10 @@ def test_cifar10_images_are_partitioned_once_and_normalised(tmp_path, tarball):
     std = torch.tensor(cifar_mod.STD).view(1, 3, 1, 1)
     pixels = torch.cat([torch.cat([u.x_train, u.x_test]) for u in users]) * std + mean
     labels = torch.cat([torch.cat([u.y_train, u.y_test]) for u in users])
-    got = sorted((bytes((p * 255).round().to(torch.uint8).numpy().tobytes()), int(l)) for p, l in zip(pixels, labels))
-    want = sorted((x.tobytes(), int(l)) for x, l in zip(raw_x, raw_y))
+    got = sorted(
+        (bytes((p * 255).round().to(torch.uint8).numpy().tobytes()), int(label)) for p, label in zip(pixels, labels)
+    )
+    want = sorted((x.tobytes(), int(label)) for x, label in zip(raw_x, raw_y))
     assert got == want
     assert ds.num_train_samples(3) == users[3].num_train
 
@@ -48,7 +58,9 @@ def test_cifar10_dirichlet_is_label_skewed_and_missing_files_are_named(tmp_path)
     iid = Cifar10Dataset(num_clients=10, design_pool_size=0, root=str(tmp_path), partition="iid", seed=0)
 
     def share_of_top_label(ds):
-        return np.mean([np.bincount(ds.client(c).y_train.numpy(), minlength=10).max() / ds.client(c).num_train for c in range(10)])
+        return np.mean(
+            [np.bincount(ds.client(c).y_train.numpy(), minlength=10).max() / ds.client(c).num_train for c in range(10)]
+        )
 
     assert share_of_top_label(skewed) > share_of_top_label(iid) + 0.2
     (tmp_path / cifar_mod.FOLDER / "data_batch_3").unlink()
@@ -67,7 +79,7 @@ def test_celeba_clients_are_celebrities_labelled_smiling(tmp_path):
     identity = dict(line.split() for line in (tmp_path / celeba_mod.IDENTITY).read_text().splitlines())
     lines = (tmp_path / celeba_mod.ATTRIBUTES).read_text().splitlines()
     column = lines[1].split().index("Smiling") + 1
-    smiling = {l.split()[0]: int(l.split()[column] == "1") for l in lines[2:]}
+    smiling = {line.split()[0]: int(line.split()[column] == "1") for line in lines[2:]}
     ds = CelebaDataset(num_clients=4, design_pool_size=1, root=str(tmp_path), test_fraction=0.25, seed=0)
     assert (ds.num_classes, ds.input_shape) == (2, (3, 84, 84))
     assert {ds.user_name(c) for c in range(5)} == set(identity.values())

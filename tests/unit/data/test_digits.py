@@ -19,9 +19,7 @@ def all_users(ds: DigitsDataset):
 
 
 def label_skew(clients) -> float:
-    hists = np.stack(
-        [np.bincount(torch.cat([c.y_train, c.y_test]).numpy(), minlength=10) for c in clients]
-    )
+    hists = np.stack([np.bincount(torch.cat([c.y_train, c.y_test]).numpy(), minlength=10) for c in clients])
     pooled = hists.sum(0) / hists.sum()
     per_user = hists / hists.sum(1, keepdims=True)
     return float(np.mean(0.5 * np.abs(per_user - pooled).sum(1)))
@@ -35,13 +33,9 @@ def test_every_image_is_used_exactly_once(raw, partition):
     y = torch.cat([t for c in users for t in (c.y_train, c.y_test)])
     assert x.shape == (1797, 1, 8, 8)
     # the same multiset of (image, label) pairs as the raw data
-    got = sorted(
-        (img.tobytes(), int(lbl))
-        for img, lbl in zip((x.numpy() * 16).round().astype(np.int8), y.numpy())
-    )
+    got = sorted((img.tobytes(), int(lbl)) for img, lbl in zip((x.numpy() * 16).round().astype(np.int8), y.numpy()))
     want = sorted(
-        (img.reshape(1, 8, 8).astype(np.int8).tobytes(), int(lbl))
-        for img, lbl in zip(raw.images, raw.target)
+        (img.reshape(1, 8, 8).astype(np.int8).tobytes(), int(lbl)) for img, lbl in zip(raw.images, raw.target)
     )
     assert got == want
 
@@ -49,9 +43,7 @@ def test_every_image_is_used_exactly_once(raw, partition):
 def test_images_are_scaled_float_tensors(raw):
     ds = DigitsDataset(num_clients=5, design_pool_size=0)
     assert isinstance(ds, FederatedDataset)
-    assert (ds.name, ds.num_classes, ds.input_shape, ds.input_kind) == (
-        "digits", 10, (1, 8, 8), "float"
-    )
+    assert (ds.name, ds.num_classes, ds.input_shape, ds.input_kind) == ("digits", 10, (1, 8, 8), "float")
     x = torch.cat([c.x_train for c in all_users(ds)])
     y = torch.cat([c.y_train for c in all_users(ds)])
     assert x.dtype == torch.float32 and x.shape[1:] == (1, 8, 8)

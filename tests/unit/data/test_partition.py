@@ -43,9 +43,7 @@ def test_dirichlet_is_deterministic_in_seed():
 
 def test_smaller_alpha_gives_more_skewed_labels():
     skew = {
-        alpha: mean_label_skew(
-            LABELS, dirichlet_label_partition(labels=LABELS, num_partitions=20, alpha=alpha, seed=0)
-        )
+        alpha: mean_label_skew(LABELS, dirichlet_label_partition(labels=LABELS, num_partitions=20, alpha=alpha, seed=0))
         for alpha in (0.1, 1.0, 100.0)
     }
     assert skew[0.1] > skew[1.0] > skew[100.0]
@@ -56,17 +54,13 @@ def test_smaller_alpha_gives_more_skewed_labels():
 def test_dirichlet_respects_min_size():
     # over several seeds, unconstrained draws leave some users below 20 samples ...
     unconstrained = [
-        min(len(p) for p in dirichlet_label_partition(
-            labels=LABELS, num_partitions=20, alpha=0.3, seed=s, min_size=0
-        ))
+        min(len(p) for p in dirichlet_label_partition(labels=LABELS, num_partitions=20, alpha=0.3, seed=s, min_size=0))
         for s in range(10)
     ]
     assert min(unconstrained) < 20
     # ... which min_size=20 redraws away
     for s in range(10):
-        parts = dirichlet_label_partition(
-            labels=LABELS, num_partitions=20, alpha=0.3, seed=s, min_size=20
-        )
+        parts = dirichlet_label_partition(labels=LABELS, num_partitions=20, alpha=0.3, seed=s, min_size=20)
         assert min(len(p) for p in parts) >= 20
         np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(len(LABELS)))
 
@@ -124,9 +118,7 @@ def test_iid_partition_with_too_few_samples_raises():
     ],
 )
 def test_train_test_split_sizes(n, fraction, expected):
-    train, test = train_test_split_indices(
-        num_samples=n, test_fraction=fraction, rng=np.random.default_rng(0)
-    )
+    train, test = train_test_split_indices(num_samples=n, test_fraction=fraction, rng=np.random.default_rng(0))
     assert (len(train), len(test)) == expected
     assert train_test_sizes(num_samples=n, test_fraction=fraction) == expected
     np.testing.assert_array_equal(np.sort(np.concatenate([train, test])), np.arange(n))
@@ -144,6 +136,4 @@ def test_train_test_split_is_random_and_follows_the_generator():
 @pytest.mark.parametrize("fraction", [-0.1, 1.0, 1.5])
 def test_train_test_split_rejects_bad_fraction(fraction):
     with pytest.raises(DataError, match="test_fraction"):
-        train_test_split_indices(
-            num_samples=10, test_fraction=fraction, rng=np.random.default_rng(0)
-        )
+        train_test_split_indices(num_samples=10, test_fraction=fraction, rng=np.random.default_rng(0))

@@ -19,6 +19,7 @@ def served(tmp_path):
     """A folder served on 127.0.0.1 (an ephemeral port) for the duration of a test."""
     folder = tmp_path / "www"
     folder.mkdir()
+
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args, **kwargs):
             pass
@@ -47,7 +48,7 @@ def sample_zip(sample_data, served):
 
 def _one_line_error(result):
     assert result.exit_code == 2, result.output
-    lines = [l for l in result.output.splitlines() if l.strip()]
+    lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("fedsim: error:"), result.output
     assert "Traceback" not in result.output
     return lines[0]
@@ -56,14 +57,18 @@ def _one_line_error(result):
 def test_prepare_fetches_verifies_and_converts(tmp_path, sample_zip):
     url, digest = sample_zip
     root = tmp_path / "sent140"
-    result = CliRunner().invoke(app, ["data", "prepare", "sent140", "--root", str(root), "--url", url, "--sha256", digest])
+    result = CliRunner().invoke(
+        app, ["data", "prepare", "sent140", "--root", str(root), "--url", url, "--sha256", digest]
+    )
     assert result.exit_code == 0, result.output
     assert f"sha256 {digest}" in result.output and "18105 users" in result.output
     assert hashlib.sha256((root / "trainingandtestdata.zip").read_bytes()).hexdigest() == digest
     ds = Sent140Dataset(num_clients=100, design_pool_size=10, root=str(root), min_samples=2)
     assert ds.client(0).num_train >= 1
     # an existing, verified file is not fetched again
-    again = CliRunner().invoke(app, ["data", "prepare", "sent140", "--root", str(root), "--url", url + ".gone", "--sha256", digest])
+    again = CliRunner().invoke(
+        app, ["data", "prepare", "sent140", "--root", str(root), "--url", url + ".gone", "--sha256", digest]
+    )
     assert again.exit_code == 0 and "downloaded" not in again.output
 
 
@@ -83,7 +88,21 @@ def test_cifar10_tarball_from_local_server(tmp_path, served):
     (folder / "src" / cifar_mod.TARBALL).rename(folder / cifar_mod.TARBALL)
     digest = hashlib.sha256((folder / cifar_mod.TARBALL).read_bytes()).hexdigest()
     root = tmp_path / "cifar"
-    result = CliRunner().invoke(app, ["data", "prepare", "cifar10", "--root", str(root), "--url", f"{base}/{cifar_mod.TARBALL}", "--sha256", digest, "--json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "data",
+            "prepare",
+            "cifar10",
+            "--root",
+            str(root),
+            "--url",
+            f"{base}/{cifar_mod.TARBALL}",
+            "--sha256",
+            digest,
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert '"rows": 50' in result.output and '"downloaded": true' in result.output
 
@@ -91,14 +110,27 @@ def test_cifar10_tarball_from_local_server(tmp_path, served):
 def test_unreachable_source_and_celeba_say_which_file_goes_where(tmp_path, served):
     _, base = served
     root = tmp_path / "s"
-    line = _one_line_error(CliRunner().invoke(app, ["data", "prepare", "sent140", "--root", str(root), "--url", f"{base}/missing.zip"]))
+    line = _one_line_error(
+        CliRunner().invoke(app, ["data", "prepare", "sent140", "--root", str(root), "--url", f"{base}/missing.zip"])
+    )
     assert "trainingandtestdata.zip" in line and str(root) in line and "fedsim data prepare sent140" in line
     line = _one_line_error(CliRunner().invoke(app, ["data", "prepare", "celeba", "--root", str(root)]))
     assert "img_align_celeba" in line and "identity_CelebA.txt" in line and "list_attr_celeba.txt" in line
 
 
 def test_run_with_a_missing_data_folder_is_one_line(tmp_path, project_root):
-    result = CliRunner().invoke(app, ["run", str(project_root / "scenarios" / "sent140.yaml"), "--set", f"data.root={tmp_path / 'nowhere'}",
-                                      "--engine", "inprocess", "--out", str(tmp_path / "runs")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            str(project_root / "scenarios" / "sent140.yaml"),
+            "--set",
+            f"data.root={tmp_path / 'nowhere'}",
+            "--engine",
+            "inprocess",
+            "--out",
+            str(tmp_path / "runs"),
+        ],
+    )
     line = _one_line_error(result)
     assert "does not exist" in line and "fedsim data prepare sent140" in line

@@ -33,8 +33,15 @@ def rows(sent140_root):
 
 
 def test_clients_are_twitter_users_with_all_their_tweets(sent140_root, rows):
-    ds = make_dataset(name="sent140", num_clients=300, design_pool=30, test_fraction=0.2, seed=1,
-                      root=str(sent140_root), options={"min_samples": 2})
+    ds = make_dataset(
+        name="sent140",
+        num_clients=300,
+        design_pool=30,
+        test_fraction=0.2,
+        seed=1,
+        root=str(sent140_root),
+        options={"min_samples": 2},
+    )
     assert (ds.input_kind, ds.input_shape, ds.num_classes, ds.vocab_size) == ("long", (25,), 2, 10002)
     per_user = Counter(r[4] for r in rows)
     labels = {}
@@ -66,7 +73,9 @@ def test_tokens_decode_to_the_users_words(sent140_root, rows):
         for ids in torch.cat([data.x_train, data.x_test]).tolist():
             words = tuple(vocab[i] for i in ids if i != PAD)
             candidates = texts[ds.user_name(cid)]
-            assert any(len(t) == len(words) and all(w == "<unk>" or w == v for w, v in zip(words, t)) for t in candidates)
+            assert any(
+                len(t) == len(words) and all(w == "<unk>" or w == v for w, v in zip(words, t)) for t in candidates
+            )
 
 
 def test_selection_is_seeded_and_too_many_users_is_a_one_line_error(sent140_root):
@@ -87,13 +96,27 @@ def test_selection_is_seeded_and_too_many_users_is_a_one_line_error(sent140_root
 
 def test_leaf_json_is_read_with_its_split(tmp_path):
     def doc(users, test):
-        return {"users": users, "num_samples": [2] * len(users), "hierarchies": [],
-                "user_data": {u: {"x": [["1", "d", "NO_QUERY", u, f"{u} is {'happy' if test else 'sad'} today"]] * 2,
-                                  "y": [1 if test else 0] * 2} for u in users}}
+        return {
+            "users": users,
+            "num_samples": [2] * len(users),
+            "hierarchies": [],
+            "user_data": {
+                u: {
+                    "x": [["1", "d", "NO_QUERY", u, f"{u} is {'happy' if test else 'sad'} today"]] * 2,
+                    "y": [1 if test else 0] * 2,
+                }
+                for u in users
+            },
+        }
+
     (tmp_path / "data" / "train").mkdir(parents=True)
     (tmp_path / "data" / "test").mkdir(parents=True)
-    (tmp_path / "data" / "train" / "all_data_0_keep_0_train_9.json").write_text(json.dumps(doc(["ann", "bob", "cat"], False)))
-    (tmp_path / "data" / "test" / "all_data_0_keep_0_test_9.json").write_text(json.dumps(doc(["ann", "bob", "cat"], True)))
+    (tmp_path / "data" / "train" / "all_data_0_keep_0_train_9.json").write_text(
+        json.dumps(doc(["ann", "bob", "cat"], False))
+    )
+    (tmp_path / "data" / "test" / "all_data_0_keep_0_test_9.json").write_text(
+        json.dumps(doc(["ann", "bob", "cat"], True))
+    )
     ds = Sent140Dataset(num_clients=2, design_pool_size=1, root=str(tmp_path))
     for cid in range(3):
         data = ds.client(cid)
@@ -120,13 +143,26 @@ def test_sent140_clients_train(sent140_root):
     torch.manual_seed(0)  # dropout draws from the global generator
     ds = Sent140Dataset(num_clients=200, design_pool_size=0, root=str(sent140_root), min_samples=2, seed=0)
     parts = [ds.client(c) for c in range(200)]
-    pooled = ClientData(*(torch.cat([getattr(p, k) for p in parts]) for k in ("x_train", "y_train", "x_test", "y_test")))
-    model = build_model(name="sent140_lstm", input_shape=ds.input_shape, num_classes=2, hidden=32, seed=0,
-                        vocab_size=ds.vocab_size, embed_dim=32)
-    before = evaluate_client(model=model, data=ClientData(pooled.x_train, pooled.y_train, pooled.x_train, pooled.y_train))
+    pooled = ClientData(
+        *(torch.cat([getattr(p, k) for p in parts]) for k in ("x_train", "y_train", "x_test", "y_test"))
+    )
+    model = build_model(
+        name="sent140_lstm",
+        input_shape=ds.input_shape,
+        num_classes=2,
+        hidden=32,
+        seed=0,
+        vocab_size=ds.vocab_size,
+        embed_dim=32,
+    )
+    before = evaluate_client(
+        model=model, data=ClientData(pooled.x_train, pooled.y_train, pooled.x_train, pooled.y_train)
+    )
     settings = TrainSettings(epochs=6, batch_size=32, optimizer="adam", lr=0.01)
     train_client(model=model, data=pooled, settings=settings, seed=0)
-    after = evaluate_client(model=model, data=ClientData(pooled.x_train, pooled.y_train, pooled.x_train, pooled.y_train))
+    after = evaluate_client(
+        model=model, data=ClientData(pooled.x_train, pooled.y_train, pooled.x_train, pooled.y_train)
+    )
     assert after[0] < 0.85 * before[0]  # training loss on the users' tweets fell
     majority = max(float(pooled.y_train.float().mean()), 1 - float(pooled.y_train.float().mean()))
     assert after[1] / after[2] > majority + 0.1  # better than always guessing the larger class

@@ -35,8 +35,15 @@ def test_speeches_become_roles_whose_samples_are_80_char_windows(shk_root):
     roles = parse_speeches(raw)
     # 309 role lines; 10 ghosts only ever "speak" in a list of names with an empty speech
     assert len(roles) == 299 and "GLOUCESTER" in roles
-    ds = ShakespeareDataset(num_clients=40, design_pool_size=5, root=str(shk_root), source="speeches",
-                            min_samples=400, max_samples=300, seed=0)
+    ds = ShakespeareDataset(
+        num_clients=40,
+        design_pool_size=5,
+        root=str(shk_root),
+        source="speeches",
+        min_samples=400,
+        max_samples=300,
+        seed=0,
+    )
     assert (ds.input_kind, ds.input_shape, ds.num_classes) == ("long", (80,), 81)
     assert len({ds.user_name(c) for c in range(45)}) == 45
     for cid in (0, 17, 44):
@@ -45,10 +52,10 @@ def test_speeches_become_roles_whose_samples_are_80_char_windows(shk_root):
         assert data.x_train.shape == (data.num_train, SEQ_LEN) and data.x_train.dtype == torch.int64
         assert data.num_train == ds.num_train_samples(cid) == 240 and data.num_test == 60
         x, y = data.x_train, data.y_train
-        assert torch.equal(x[1:, :-1], x[:-1, 1:])      # consecutive windows slide by one character
-        assert torch.equal(y[:-1], x[1:, -1])           # the label is the next character
+        assert torch.equal(x[1:, :-1], x[:-1, 1:])  # consecutive windows slide by one character
+        assert torch.equal(y[:-1], x[1:, -1])  # the label is the next character
         window = decode_chars(x[5].tolist()) + decode_chars([int(y[5])])
-        assert window in text                           # a real stretch of that role's lines
+        assert window in text  # a real stretch of that role's lines
         train_text = decode_chars(x[0].tolist()) + decode_chars(y.tolist())
         test_text = decode_chars(data.x_test[0].tolist()) + decode_chars(data.y_test.tolist())
         start = text.index(train_text)
@@ -139,12 +146,31 @@ def test_shakespeare_scenario_runs_in_process(shk_root, project_root, tmp_path):
 
     from fedsim.cli import app
 
-    result = CliRunner().invoke(app, [
-        "run", str(project_root / "scenarios" / "shakespeare.yaml"), "--engine", "inprocess", "--out", str(tmp_path),
-        "--set", f"data.root={shk_root}", "--set", "data.options.source=speeches", "--set", "rounds=2",
-        "--set", "model.hidden=16", "--set", "data.options.max_samples=30", "--set", "clients_per_round=3",
-        "--set", "evaluation.clients=3",
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            str(project_root / "scenarios" / "shakespeare.yaml"),
+            "--engine",
+            "inprocess",
+            "--out",
+            str(tmp_path),
+            "--set",
+            f"data.root={shk_root}",
+            "--set",
+            "data.options.source=speeches",
+            "--set",
+            "rounds=2",
+            "--set",
+            "model.hidden=16",
+            "--set",
+            "data.options.max_samples=30",
+            "--set",
+            "clients_per_round=3",
+            "--set",
+            "evaluation.clients=3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(next(tmp_path.glob("*/rounds.csv")).open()))
     assert len(rows) == 2 and 0 <= float(rows[-1]["eval_accuracy"]) <= 1 and float(rows[-1]["eval_loss"]) > 0

@@ -10,9 +10,7 @@ from fedsim.errors import DataError
 
 def label_skew(ds: SyntheticDataset, ids: range) -> float:
     """Mean total-variation distance of users' label histograms from the pooled one."""
-    hists = np.stack(
-        [np.bincount(ds.client(k).y_train.numpy(), minlength=ds.num_classes) for k in ids]
-    )
+    hists = np.stack([np.bincount(ds.client(k).y_train.numpy(), minlength=ds.num_classes) for k in ids])
     pooled = hists.sum(0) / hists.sum()
     per_user = hists / hists.sum(1, keepdims=True)
     return float(np.mean(0.5 * np.abs(per_user - pooled).sum(1)))
@@ -63,9 +61,7 @@ def test_iid_users_share_one_labelling_model():
 
 
 def test_feature_covariance_is_diagonal_power_law():
-    ds = SyntheticDataset(
-        num_clients=1, design_pool_size=0, min_samples=4000, max_samples=4000, test_fraction=0.0
-    )
+    ds = SyntheticDataset(num_clients=1, design_pool_size=0, min_samples=4000, max_samples=4000, test_fraction=0.0)
     x = ds.client(0).x_train.numpy().astype(np.float64)
     var = x.var(0)
     # Sigma_jj = j^-1.2 (1-based): 1.0 for the first feature, 60^-1.2 = 0.0074 for the last
@@ -84,9 +80,7 @@ def test_sizes_are_heavy_tailed_and_within_bounds():
 
 def test_size_formula_without_spread():
     # sigma 0: every user has min_samples + floor(e^mean) = 10 + floor(e^3) = 30 samples
-    ds = SyntheticDataset(
-        num_clients=3, design_pool_size=1, mean_log_samples=3.0, sigma_log_samples=0.0
-    )
+    ds = SyntheticDataset(num_clients=3, design_pool_size=1, mean_log_samples=3.0, sigma_log_samples=0.0)
     for k in range(4):
         c = ds.client(k)
         assert (c.num_train, c.num_test) == (24, 6)  # test_fraction 0.2 of 30
@@ -176,21 +170,27 @@ def test_invalid_options_raise_data_error_naming_the_option(bad):
 
 def test_make_dataset_builds_synthetic_with_options():
     ds = make_dataset(
-        name="synthetic", num_clients=7, design_pool=2, test_fraction=0.1, seed=5,
+        name="synthetic",
+        num_clients=7,
+        design_pool=2,
+        test_fraction=0.1,
+        seed=5,
         options={"alpha": 0.5, "dim": 12},
     )
     assert isinstance(ds, SyntheticDataset)
     assert (ds.num_clients, ds.design_pool_size, ds.alpha, ds.seed) == (7, 2, 0.5, 5)
     assert ds.client(8).x_train.shape[1] == 12
-    direct = SyntheticDataset(
-        num_clients=7, design_pool_size=2, test_fraction=0.1, seed=5, alpha=0.5, dim=12
-    )
+    direct = SyntheticDataset(num_clients=7, design_pool_size=2, test_fraction=0.1, seed=5, alpha=0.5, dim=12)
     assert_same(ds.client(3), direct.client(3))
 
 
 def test_make_dataset_builds_digits():
     ds = make_dataset(
-        name="digits", num_clients=4, design_pool=1, test_fraction=0.2, seed=0,
+        name="digits",
+        num_clients=4,
+        design_pool=1,
+        test_fraction=0.2,
+        seed=0,
         options={"partition": "iid"},
     )
     assert isinstance(ds, DigitsDataset)
@@ -206,7 +206,11 @@ def test_make_dataset_unknown_name_lists_known_ones():
 def test_make_dataset_unknown_option_names_it_and_the_allowed_ones():
     with pytest.raises(DataError, match="'alhpa'") as err:
         make_dataset(
-            name="synthetic", num_clients=2, design_pool=0, test_fraction=0.2, seed=0,
+            name="synthetic",
+            num_clients=2,
+            design_pool=0,
+            test_fraction=0.2,
+            seed=0,
             options={"alhpa": 0.5},
         )
     message = str(err.value)
@@ -216,7 +220,11 @@ def test_make_dataset_unknown_option_names_it_and_the_allowed_ones():
 def test_make_dataset_refuses_common_settings_in_options():
     with pytest.raises(DataError, match="seed"):
         make_dataset(
-            name="synthetic", num_clients=2, design_pool=0, test_fraction=0.2, seed=0,
+            name="synthetic",
+            num_clients=2,
+            design_pool=0,
+            test_fraction=0.2,
+            seed=0,
             options={"seed": 3},
         )
 
@@ -224,6 +232,10 @@ def test_make_dataset_refuses_common_settings_in_options():
 def test_make_dataset_wrong_option_type_is_a_data_error():
     with pytest.raises(DataError, match="wrong type"):
         make_dataset(
-            name="synthetic", num_clients=2, design_pool=0, test_fraction=0.2, seed=0,
+            name="synthetic",
+            num_clients=2,
+            design_pool=0,
+            test_fraction=0.2,
+            seed=0,
             options={"alpha": "high"},
         )

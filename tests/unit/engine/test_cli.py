@@ -51,14 +51,45 @@ def test_privacy_epsilon_matches_published_figures(args, expected):
 
 
 def test_privacy_inverse_and_without_replacement():
-    inverse = json.loads(_fedsim("privacy", "epsilon", "--target-epsilon", "1.83", "--sampling-rate", "0.01", "--rounds", "1000", "--json").stdout)
+    inverse = json.loads(
+        _fedsim(
+            "privacy", "epsilon", "--target-epsilon", "1.83", "--sampling-rate", "0.01", "--rounds", "1000", "--json"
+        ).stdout
+    )
     assert inverse["noise_multiplier"] == pytest.approx(1.0, rel=0.01)
     wor = json.loads(
-        _fedsim("privacy", "epsilon", "--noise-multiplier", "1", "--sampling-rate", "0.01", "--rounds", "1000",
-                "--sampling", "without-replacement", "--population", "1000", "--json").stdout
+        _fedsim(
+            "privacy",
+            "epsilon",
+            "--noise-multiplier",
+            "1",
+            "--sampling-rate",
+            "0.01",
+            "--rounds",
+            "1000",
+            "--sampling",
+            "without-replacement",
+            "--population",
+            "1000",
+            "--json",
+        ).stdout
     )
     # replace-one adjacency: sensitivity 2C, so 20.99 (not the naive 3.58)
     assert wor["epsilon"] == pytest.approx(20.99, rel=0.01) and wor["accountant"] == "rdp"
-    bad = _fedsim("privacy", "epsilon", "--noise-multiplier", "1", "--sampling-rate", "0.01", "--rounds", "10",
-                  "--sampling", "without-replacement", "--population", "1000", "--accountant", "pld")
+    bad = _fedsim(
+        "privacy",
+        "epsilon",
+        "--noise-multiplier",
+        "1",
+        "--sampling-rate",
+        "0.01",
+        "--rounds",
+        "10",
+        "--sampling",
+        "without-replacement",
+        "--population",
+        "1000",
+        "--accountant",
+        "pld",
+    )
     assert bad.returncode == 2 and "rdp" in bad.stderr and "Traceback" not in bad.stderr

@@ -101,7 +101,9 @@ def test_quickstart_learns_under_dp_and_no_dp_is_at_least_as_accurate(tmp_path, 
     scenario = load_scenario(project_root / "scenarios" / "quickstart.yaml", overrides=["audit.enabled=false"])
     dp = run_scenario(scenario=scenario, out_dir=tmp_path, engine="inprocess").rows
     plain = run_scenario(
-        scenario=load_scenario(project_root / "scenarios" / "quickstart.yaml", overrides=["dp.mode=none", "audit.enabled=false"]),
+        scenario=load_scenario(
+            project_root / "scenarios" / "quickstart.yaml", overrides=["dp.mode=none", "audit.enabled=false"]
+        ),
         out_dir=tmp_path,
         engine="inprocess",
     ).rows

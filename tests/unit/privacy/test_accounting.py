@@ -80,8 +80,13 @@ def test_without_replacement_of_everyone_is_the_gaussian_at_half_the_noise():
     """Sampling all clients: replace-one on a sum with sensitivity 2C is exactly the
     Gaussian mechanism with noise multiplier z / 2 (add/remove, sensitivity C)."""
     everyone = cumulative_epsilon(
-        noise_multiplier=2.0, sampling_rate=1.0, rounds=1, delta=DELTA,
-        sampling="without_replacement", population=10, accountant="rdp",
+        noise_multiplier=2.0,
+        sampling_rate=1.0,
+        rounds=1,
+        delta=DELTA,
+        sampling="without_replacement",
+        population=10,
+        accountant="rdp",
     )
     single = gaussian_epsilon(noise_multiplier=1.0, delta=DELTA, accountant="rdp")
     assert everyone == pytest.approx(single, rel=1e-6)
@@ -94,7 +99,10 @@ def test_dpsgd_event_matches_reference(accountant, expected):
     assert eps == pytest.approx(expected, rel=0.002)
     # The same setting through the calculator.
     assert cumulative_epsilon(
-        noise_multiplier=1.0, sampling_rate=0.01, rounds=100, delta=DELTA,
+        noise_multiplier=1.0,
+        sampling_rate=0.01,
+        rounds=100,
+        delta=DELTA,
         accountant=accountant,
     ) == pytest.approx(expected, rel=0.002)
 
@@ -111,13 +119,9 @@ def test_gaussian_epsilon_matches_reference(accountant, expected):
 @pytest.mark.parametrize("sigma", [0.5, 1.0, 2.0, 5.0])
 def test_analytic_gaussian_agrees_with_pld_accountant(sigma):
     analytic = gaussian_epsilon(noise_multiplier=sigma, delta=DELTA)
-    pld = epsilon_for_event(
-        event=dp_accounting.GaussianDpEvent(sigma), delta=DELTA, accountant="pld"
-    )
+    pld = epsilon_for_event(event=dp_accounting.GaussianDpEvent(sigma), delta=DELTA, accountant="pld")
     assert analytic == pytest.approx(pld, rel=0.01)
-    assert analytic == pytest.approx(
-        dp_accounting.get_epsilon_gaussian(sigma, DELTA), rel=1e-6
-    )
+    assert analytic == pytest.approx(dp_accounting.get_epsilon_gaussian(sigma, DELTA), rel=1e-6)
 
 
 @pytest.mark.parametrize("delta", [1e-5, 1e-3])
@@ -125,17 +129,13 @@ def test_analytic_gaussian_agrees_with_pld_accountant(sigma):
 def test_gaussian_noise_for_epsilon_inverts_gaussian_epsilon(sigma, delta):
     eps = gaussian_epsilon(noise_multiplier=sigma, delta=delta)
     assert eps > 0
-    assert gaussian_noise_for_epsilon(epsilon=eps, delta=delta) == pytest.approx(
-        sigma, rel=1e-6
-    )
+    assert gaussian_noise_for_epsilon(epsilon=eps, delta=delta) == pytest.approx(sigma, rel=1e-6)
 
 
 @pytest.mark.parametrize("epsilon", [0.05, 0.5, 1.0, 4.0, 20.0])
 def test_gaussian_epsilon_inverts_gaussian_noise_for_epsilon(epsilon):
     sigma = gaussian_noise_for_epsilon(epsilon=epsilon, delta=DELTA)
-    assert gaussian_epsilon(noise_multiplier=sigma, delta=DELTA) == pytest.approx(
-        epsilon, rel=1e-6
-    )
+    assert gaussian_epsilon(noise_multiplier=sigma, delta=DELTA) == pytest.approx(epsilon, rel=1e-6)
 
 
 def test_gaussian_edge_cases():
@@ -162,7 +162,10 @@ def test_round_accountant_rises_and_matches_cumulative(accountant):
     assert acc.rounds == 8
     assert previous == pytest.approx(
         cumulative_epsilon(
-            noise_multiplier=1.0, sampling_rate=0.01, rounds=8, delta=DELTA,
+            noise_multiplier=1.0,
+            sampling_rate=0.01,
+            rounds=8,
+            delta=DELTA,
             accountant=accountant,
         ),
         rel=1e-9,
@@ -170,15 +173,18 @@ def test_round_accountant_rises_and_matches_cumulative(accountant):
 
 
 def test_round_accountant_without_replacement_matches_cumulative():
-    acc = RoundAccountant(
-        delta=DELTA, sampling="without_replacement", population=1000, cohort=10
-    )
+    acc = RoundAccountant(delta=DELTA, sampling="without_replacement", population=1000, cohort=10)
     for _ in range(5):
         acc.step(noise_multiplier=1.0)
     assert acc.epsilon(accountant="rdp") == pytest.approx(
         cumulative_epsilon(
-            noise_multiplier=1.0, sampling_rate=0.01, rounds=5, delta=DELTA,
-            sampling="without_replacement", population=1000, accountant="rdp",
+            noise_multiplier=1.0,
+            sampling_rate=0.01,
+            rounds=5,
+            delta=DELTA,
+            sampling="without_replacement",
+            population=1000,
+            accountant="rdp",
         ),
         rel=1e-9,
     )
@@ -193,10 +199,7 @@ def test_round_accountant_with_changing_noise(accountant, rel):
         acc.epsilon(accountant=accountant)
     expected = epsilon_for_event(
         event=dp_accounting.ComposedDpEvent(
-            [
-                round_event(noise_multiplier=n, sampling="poisson", population=1000, cohort=10)
-                for n in noises
-            ]
+            [round_event(noise_multiplier=n, sampling="poisson", population=1000, cohort=10) for n in noises]
         ),
         delta=DELTA,
         accountant=accountant,
@@ -213,9 +216,7 @@ def test_round_accountant_state_dict_round_trip():
     resumed.load_state_dict(state)
     assert resumed.rounds == acc.rounds == 5
     for accountant in ("pld", "rdp"):
-        assert resumed.epsilon(accountant=accountant) == pytest.approx(
-            acc.epsilon(accountant=accountant), rel=1e-12
-        )
+        assert resumed.epsilon(accountant=accountant) == pytest.approx(acc.epsilon(accountant=accountant), rel=1e-12)
     with pytest.raises(PrivacyError):
         resumed.load_state_dict({"noise_multipliers": [1.0, -1.0]})
     with pytest.raises(PrivacyError):
@@ -230,18 +231,22 @@ def test_non_private_rounds_give_infinite_epsilon():
     assert acc.epsilon(accountant="pld") == math.inf
     assert acc.epsilon(accountant="rdp") == math.inf
     for accountant in ("pld", "rdp"):
-        assert cumulative_epsilon(
-            noise_multiplier=0.0, sampling_rate=0.1, rounds=3, delta=DELTA,
-            accountant=accountant,
-        ) == math.inf
+        assert (
+            cumulative_epsilon(
+                noise_multiplier=0.0,
+                sampling_rate=0.1,
+                rounds=3,
+                delta=DELTA,
+                accountant=accountant,
+            )
+            == math.inf
+        )
 
 
 # --- noise calibration --------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("accountant", "sampling_rate", "rounds"), [("pld", 0.01, 100), ("rdp", 1.0, 10)]
-)
+@pytest.mark.parametrize(("accountant", "sampling_rate", "rounds"), [("pld", 0.01, 100), ("rdp", 1.0, 10)])
 def test_noise_multiplier_for_epsilon_hits_target(accountant, sampling_rate, rounds):
     target = 2.0
     kwargs = dict(sampling_rate=sampling_rate, rounds=rounds, delta=DELTA, accountant=accountant)
@@ -253,16 +258,10 @@ def test_noise_multiplier_for_epsilon_hits_target(accountant, sampling_rate, rou
 
 def test_noise_multiplier_for_epsilon_is_monotone():
     kwargs = dict(sampling_rate=1.0, delta=DELTA, accountant="rdp")
-    by_target = [
-        noise_multiplier_for_epsilon(target_epsilon=t, rounds=10, **kwargs)
-        for t in (0.5, 1.0, 2.0, 4.0)
-    ]
+    by_target = [noise_multiplier_for_epsilon(target_epsilon=t, rounds=10, **kwargs) for t in (0.5, 1.0, 2.0, 4.0)]
     assert by_target == sorted(by_target, reverse=True)
     assert len(set(by_target)) == len(by_target)
-    by_rounds = [
-        noise_multiplier_for_epsilon(target_epsilon=2.0, rounds=r, **kwargs)
-        for r in (1, 10, 100)
-    ]
+    by_rounds = [noise_multiplier_for_epsilon(target_epsilon=2.0, rounds=r, **kwargs) for r in (1, 10, 100)]
     assert by_rounds == sorted(by_rounds)
     assert len(set(by_rounds)) == len(by_rounds)
 
@@ -271,7 +270,10 @@ def test_noise_multiplier_for_epsilon_is_monotone():
 def test_noise_multiplier_for_epsilon_unreachable(target):
     with pytest.raises(PrivacyError) as info:
         noise_multiplier_for_epsilon(
-            target_epsilon=target, sampling_rate=1.0, rounds=1, delta=DELTA,
+            target_epsilon=target,
+            sampling_rate=1.0,
+            rounds=1,
+            delta=DELTA,
             accountant="rdp",
         )
     assert "target_epsilon" in str(info.value)
@@ -282,18 +284,18 @@ def test_noise_multiplier_for_epsilon_unreachable(target):
 
 
 def test_pld_rejects_sampling_without_replacement():
-    event = round_event(
-        noise_multiplier=1.0, sampling="without_replacement", population=1000, cohort=10
-    )
+    event = round_event(noise_multiplier=1.0, sampling="without_replacement", population=1000, cohort=10)
     calls = [
         lambda: epsilon_for_event(event=event, delta=DELTA, accountant="pld"),
         lambda: cumulative_epsilon(
-            noise_multiplier=1.0, sampling_rate=0.01, rounds=10, delta=DELTA,
-            sampling="without_replacement", population=1000,
+            noise_multiplier=1.0,
+            sampling_rate=0.01,
+            rounds=10,
+            delta=DELTA,
+            sampling="without_replacement",
+            population=1000,
         ),
-        lambda: RoundAccountant(
-            delta=DELTA, sampling="without_replacement", population=1000, cohort=10
-        ).epsilon(),
+        lambda: RoundAccountant(delta=DELTA, sampling="without_replacement", population=1000, cohort=10).epsilon(),
     ]
     for call in calls:
         with pytest.raises(PrivacyError) as info:

@@ -21,10 +21,18 @@ def test_release_many_is_the_release_of_each_cohort(mode):
     rng = np.random.default_rng(5)
     updates = rng.normal(size=(6, 8)) * 0.3
     if mode == "adaptive":
-        aggregator = AdaptiveClippingAggregator(noise_multiplier=0.0, initial_clip_norm=0.5, expected_cohort=6,
-                                                target_quantile=0.5, clip_lr=0.2, count_noise_std=1.0)
+        aggregator = AdaptiveClippingAggregator(
+            noise_multiplier=0.0,
+            initial_clip_norm=0.5,
+            expected_cohort=6,
+            target_quantile=0.5,
+            clip_lr=0.2,
+            count_noise_std=1.0,
+        )
     else:
-        aggregator = FixedClippingAggregator(noise_multiplier=0.0, clip_norm=0.5, expected_cohort=6, clip_on_server=mode == "server")
+        aggregator = FixedClippingAggregator(
+            noise_multiplier=0.0, clip_norm=0.5, expected_cohort=6, clip_on_server=mode == "server"
+        )
         if mode == "client":
             updates = clip_updates(updates, clip_norm=0.5)
     include = rng.random((5, 6)) < 0.5
@@ -57,15 +65,27 @@ def test_release_scores_are_projections_of_releases():
 
 
 def test_adaptive_release_adds_noise_with_std_z_u_times_c():
-    aggregator = AdaptiveClippingAggregator(noise_multiplier=1.0, initial_clip_norm=0.4, expected_cohort=10,
-                                            target_quantile=0.5, clip_lr=0.2, count_noise_std=1.0)
+    aggregator = AdaptiveClippingAggregator(
+        noise_multiplier=1.0,
+        initial_clip_norm=0.4,
+        expected_cohort=10,
+        target_quantile=0.5,
+        clip_lr=0.2,
+        count_noise_std=1.0,
+    )
     noise = aggregator.release(np.zeros((3, 100_000)), rng=np.random.default_rng(0))
     assert noise.std() == pytest.approx(aggregator.update_noise_multiplier * 0.4, rel=0.01)
 
 
 def test_adaptive_clip_norm_step_follows_the_geometric_rule():
-    aggregator = AdaptiveClippingAggregator(noise_multiplier=0.0, initial_clip_norm=1.0, expected_cohort=4,
-                                            target_quantile=0.5, clip_lr=0.2, count_noise_std=1.0)
+    aggregator = AdaptiveClippingAggregator(
+        noise_multiplier=0.0,
+        initial_clip_norm=1.0,
+        expected_cohort=4,
+        target_quantile=0.5,
+        clip_lr=0.2,
+        count_noise_std=1.0,
+    )
     updates = np.full((4, 2), 10.0)  # all above C: fraction below = 0 -> C * exp(0.2 * 0.5)
     aggregator.aggregate(updates=updates, weights=np.ones(4), reported_norms=None, rng=np.random.default_rng(0))
     assert aggregator.clip_norm == pytest.approx(np.exp(0.1))
@@ -76,7 +96,9 @@ def test_server_fixed_noise_std_on_the_average_is_z_c_over_cohort():
     z, c, m, dim = 1.3, 0.7, 10, 200_000
     aggregator = FixedClippingAggregator(noise_multiplier=z, clip_norm=c, expected_cohort=m, clip_on_server=True)
     updates = np.zeros((7, dim))  # a Poisson cohort of 7 while 10 were expected
-    result = aggregator.aggregate(updates=updates, weights=np.ones(7), reported_norms=None, rng=np.random.default_rng(0))
+    result = aggregator.aggregate(
+        updates=updates, weights=np.ones(7), reported_norms=None, rng=np.random.default_rng(0)
+    )
     expected = z * c / m
     # std estimate over 200k coordinates has relative standard error ~ 1/sqrt(2*dim) = 0.16%
     assert result.mean_update.std() == pytest.approx(expected, rel=0.01)
@@ -88,7 +110,9 @@ def test_noisy_sum_is_divided_by_expected_not_realised_cohort():
     dim = 5
     aggregator = FixedClippingAggregator(noise_multiplier=0.0, clip_norm=10.0, expected_cohort=4, clip_on_server=True)
     updates = np.ones((2, dim))
-    result = aggregator.aggregate(updates=updates, weights=np.array([1.0, 100.0]), reported_norms=None, rng=np.random.default_rng(0))
+    result = aggregator.aggregate(
+        updates=updates, weights=np.array([1.0, 100.0]), reported_norms=None, rng=np.random.default_rng(0)
+    )
     np.testing.assert_allclose(result.mean_update, np.full(dim, 2 / 4))  # sum / expected, equal weights
 
 
@@ -116,7 +140,9 @@ def test_client_side_mode_does_not_reclip_but_rejects_unclipped_updates():
     np.testing.assert_allclose(result.mean_update, clipped.sum(axis=0) / 2)
     assert result.clip_fraction == 0.5  # from the norms the clients reported before clipping
     with pytest.raises(RuntimeError, match="client-side clipping"):
-        aggregator.aggregate(updates=np.array([[3.0, 4.0]]), weights=np.ones(1), reported_norms=None, rng=np.random.default_rng(0))
+        aggregator.aggregate(
+            updates=np.array([[3.0, 4.0]]), weights=np.ones(1), reported_norms=None, rng=np.random.default_rng(0)
+        )
 
 
 def test_plain_fedavg_weights_by_examples():
@@ -131,7 +157,12 @@ def test_adaptive_clipping_moves_the_clip_norm_towards_the_target_quantile():
     norms_true = rng.lognormal(mean=0.0, sigma=0.5, size=(200,))
     target = float(np.quantile(norms_true, 0.5))
     aggregator = AdaptiveClippingAggregator(
-        noise_multiplier=0.0, initial_clip_norm=0.05, expected_cohort=200, target_quantile=0.5, clip_lr=0.2, count_noise_std=1.0
+        noise_multiplier=0.0,
+        initial_clip_norm=0.05,
+        expected_cohort=200,
+        target_quantile=0.5,
+        clip_lr=0.2,
+        count_noise_std=1.0,
     )
     directions = rng.normal(size=(200, 20))
     updates = directions / np.linalg.norm(directions, axis=1, keepdims=True) * norms_true[:, None]
@@ -143,13 +174,23 @@ def test_adaptive_clipping_moves_the_clip_norm_towards_the_target_quantile():
 def test_adaptive_update_noise_and_count_noise_compose_to_z():
     z, sigma_b = 1.0, 2.0
     aggregator = AdaptiveClippingAggregator(
-        noise_multiplier=z, initial_clip_norm=1.0, expected_cohort=10, target_quantile=0.5, clip_lr=0.2, count_noise_std=sigma_b
+        noise_multiplier=z,
+        initial_clip_norm=1.0,
+        expected_cohort=10,
+        target_quantile=0.5,
+        clip_lr=0.2,
+        count_noise_std=sigma_b,
     )
     # composition of Gaussians: z^-2 = z_u^-2 + (2 sigma_b)^-2
     assert aggregator.update_noise_multiplier**-2 + (2 * sigma_b) ** -2 == pytest.approx(z**-2)
     with pytest.raises(ValueError, match="count_noise"):
         AdaptiveClippingAggregator(
-            noise_multiplier=2.0, initial_clip_norm=1.0, expected_cohort=10, target_quantile=0.5, clip_lr=0.2, count_noise_std=0.5
+            noise_multiplier=2.0,
+            initial_clip_norm=1.0,
+            expected_cohort=10,
+            target_quantile=0.5,
+            clip_lr=0.2,
+            count_noise_std=0.5,
         )
 
 
@@ -159,6 +200,8 @@ def test_factory_builds_the_mode_and_reports_bad_adaptive_settings_as_scenario_e
     assert isinstance(server, FixedClippingAggregator) and server.clip_on_server
     client = build_aggregator(scenario=scenario_from_dict({"dp": {"mode": "client_fixed"}}))
     assert isinstance(client, FixedClippingAggregator) and not client.clip_on_server
-    bad = scenario_from_dict({"dp": {"mode": "server_adaptive", "noise_multiplier": 3.0, "adaptive": {"count_noise_multiplier": 1.0}}})
+    bad = scenario_from_dict(
+        {"dp": {"mode": "server_adaptive", "noise_multiplier": 3.0, "adaptive": {"count_noise_multiplier": 1.0}}}
+    )
     with pytest.raises(ScenarioError, match="count_noise_multiplier"):
         build_aggregator(scenario=bad)

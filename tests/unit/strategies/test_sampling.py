@@ -8,7 +8,10 @@ from fedsim.strategies import sample_cohort
 
 def test_poisson_cohort_sizes_follow_binomial_n_q():
     sizes = np.array(
-        [len(sample_cohort(population=1000, clients_per_round=10, method="poisson", seed=7, round_number=r)) for r in range(1, 2001)]
+        [
+            len(sample_cohort(population=1000, clients_per_round=10, method="poisson", seed=7, round_number=r))
+            for r in range(1, 2001)
+        ]
     )
     assert sizes.mean() == pytest.approx(10, rel=0.03)
     assert sizes.var() == pytest.approx(1000 * 0.01 * 0.99, rel=0.1)

@@ -30,5 +30,7 @@ def test_fedadam_state_round_trips():
     clone = FedAdamOptimizer(lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3)
     clone.load_state_dict(opt.state_dict())
     update = np.array([0.5, -0.5])
-    np.testing.assert_allclose(clone.step(params=params, mean_update=update), opt.step(params=params, mean_update=update))
+    np.testing.assert_allclose(
+        clone.step(params=params, mean_update=update), opt.step(params=params, mean_update=update)
+    )
     assert pytest.approx(0.0) != float(np.abs(opt.m).sum())
