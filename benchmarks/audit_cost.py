@@ -27,14 +27,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         rows = run_scenario(scenario=scenario, out_dir=Path(out), engine=args.engine).rows
     rows = rows[1:]  # round 1 is always audited and pays for warm-up
-    attacked = [r["seconds"] for r in rows if r.get("epsilon_round_empirical") is not None]
-    normal = [r["seconds"] for r in rows if r.get("epsilon_round_empirical") is None]
+    attacked = [r.seconds for r in rows if r.epsilon_round_empirical is not None]
+    normal = [r.seconds for r in rows if r.epsilon_round_empirical is None]
     a, n = statistics.median(attacked), statistics.median(normal)
     print(
         f"engine {args.engine}: attacked rounds {len(attacked)}, median {a:.2f} s; normal rounds {len(normal)}, median {n:.2f} s"
     )
     print(f"ratio attacked / normal: {a / n:.2f}")
-    healths = [r["canary_health"] for r in rows if r.get("canary_health") is not None]
+    healths = [r.canary_health for r in rows if r.canary_health is not None]
     print(f"canary health: median {statistics.median(healths):.3f}, min {min(healths):.3f}")
 
 

@@ -28,21 +28,24 @@ def main() -> None:
     columns = [
         "epsilon_round_theory",
         "epsilon_round_empirical",
-        "epsilon_round_empirical_lower",
-        "epsilon_round_empirical_upper",
+        "epsilon_round_empirical_ci_low",
+        "epsilon_round_empirical_ci_high",
+        "epsilon_round_empirical_lower_bound",
         "canary_health",
         "epsilon_cumulative_theory",
-        "epsilon_cumulative_empirical",
+        "epsilon_cumulative_empirical_extrapolated",
     ]
-    print("| z | theory | empirical | lower | upper | health | cum. theory | cum. empirical |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| z | theory | empirical | ci low | ci high | lower bound | health | cum. theory | cum. empirical (extrapolated) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for z in args.noise:
         scenario = load_scenario(args.scenario, overrides=["audit.enabled=true", *args.set, f"dp.noise_multiplier={z}"])
         with tempfile.TemporaryDirectory() as out:
             rows = run_scenario(scenario=scenario, out_dir=Path(out), engine=args.engine).rows
-        audited = [r for r in rows if r.get("epsilon_round_empirical") is not None]
-        medians = [statistics.median(r[c] for r in audited) for c in columns[:5]]
-        last = [rows[-1][c] for c in columns[5:]]
+        audited = [r for r in rows if r.epsilon_round_empirical is not None]
+        medians = [statistics.median(getattr(r, c) for r in audited) for c in columns[:6]]
+        last = [getattr(rows[-1], c) for c in columns[6:]]
         print(f"| {z:g} | " + " | ".join(f"{v:.2f}" for v in medians + last) + " |")
 
 

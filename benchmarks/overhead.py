@@ -27,9 +27,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         for engine in ("inprocess", "flower"):
             rows = run_scenario(scenario=scenario, out_dir=Path(out), engine=engine).rows
-            per_round = [row["seconds"] for row in rows[1:]]  # round 1 pays for warm-up
+            per_round = [row.seconds for row in rows[1:]]  # round 1 pays for warm-up
             medians[engine] = statistics.median(per_round)
-            print(f"{engine:10s} median {medians[engine]:.3f} s/round  final accuracy {rows[-1]['eval_accuracy']:.3f}")
+            print(f"{engine:10s} median {medians[engine]:.3f} s/round  final accuracy {rows[-1].eval_accuracy:.3f}")
     print(f"ratio flower / inprocess: {medians['flower'] / medians['inprocess']:.2f}")
 
 

@@ -168,4 +168,8 @@ class CanaryAuditor:
         scores_without = aggregator.release_scores(pool, include=include, direction=direction, rng=rng)
         include[:, -1] = True  # the same cohorts plus the canary client, fresh noise
         scores_with = aggregator.release_scores(pool, include=include, direction=direction, rng=rng)
-        return scores_with / scale, scores_without / scale
+        # the run store keeps float32 scores: estimate from exactly what it keeps
+        return (
+            (scores_with / scale).astype(np.float32).astype(np.float64),
+            (scores_without / scale).astype(np.float32).astype(np.float64),
+        )

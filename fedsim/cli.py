@@ -112,11 +112,11 @@ def run(
         console.print(f"run folder: {store.path}")
 
     def on_round(row: dict[str, Any]) -> None:
-        progress.update(task, advance=1, acc=_fmt(row["eval_accuracy"]), eps=_fmt(row["epsilon_cumulative_theory"], 2))
+        progress.update(task, advance=1, acc=_fmt(row.eval_accuracy), eps=_fmt(row.epsilon_cumulative_theory, 2))
         if not console.is_terminal:
             console.print(
-                f"round {row['round']}/{resolved.rounds}  clients {row['clients']}  "
-                f"acc {_fmt(row['eval_accuracy'])}  eps {_fmt(row['epsilon_cumulative_theory'], 2)}"
+                f"round {row.round}/{resolved.rounds}  clients {row.clients}  "
+                f"acc {_fmt(row.eval_accuracy)}  eps {_fmt(row.epsilon_cumulative_theory, 2)}"
             )
 
     try:
@@ -140,8 +140,8 @@ def run(
         os._exit(EXIT_INTERRUPTED)
     last = result.rows[-1]
     typer.echo(
-        f"done: {len(result.rows)} rounds, final accuracy {_fmt(last['eval_accuracy'])}, "
-        f"epsilon {_fmt(last['epsilon_cumulative_theory'], 2)} at delta {resolved.dp.delta:g}"
+        f"done: {len(result.rows)} rounds, final accuracy {_fmt(last.eval_accuracy)}, "
+        f"epsilon {_fmt(last.epsilon_cumulative_theory, 2)} at delta {resolved.dp.delta:g}"
     )
     typer.echo(f"results: {result.store.path}  (rounds.csv, manifest.json, scenario.yaml)")
 

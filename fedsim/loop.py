@@ -19,19 +19,20 @@ import numpy as np
 from fedsim.config import Scenario
 from fedsim.experiment import dataset_for, model_for
 from fedsim.params import flatten_state, unflatten_state
+from fedsim.records import RoundRecord
 from fedsim.seeding import EVALUATION, NOISE, round_rng
 from fedsim.store import RunStore
 from fedsim.strategies import build_aggregator, build_server_optimizer, sample_cohort
 from fedsim.theory import EmpiricalTracker, TheoryTracker
 
-RoundCallback = Callable[[dict[str, Any]], None]
+RoundCallback = Callable[[RoundRecord], None]
 
 
 @dataclass
 class RunOutcome:
     """What the server thread hands back to the driver (run_simulation returns None)."""
 
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[RoundRecord] = field(default_factory=list)
     error: BaseException | None = None
     stop: threading.Event = field(default_factory=threading.Event)  # set by the driver on interrupt
 
@@ -94,7 +95,7 @@ class RoundLoop:
         rng = round_rng(seed=self.scenario.seed, stream=EVALUATION, round_number=round_number)
         return np.sort(rng.choice(population, size=wanted, replace=False))
 
-    def run_round(self, transport: Transport, round_number: int) -> dict[str, Any]:
+    def run_round(self, transport: Transport, round_number: int) -> RoundRecord:
         """One round: sample, train, aggregate with DP, step, account, evaluate."""
         scenario = self.scenario
         started = time.perf_counter()
@@ -138,7 +139,7 @@ class RoundLoop:
             )
             if count:
                 eval_loss, eval_accuracy = loss_sum / count, correct / count
-        row = {
+        columns: dict[str, Any] = {
             "round": round_number,
             "clients": len(cohort),
             "train_loss": float(np.mean([r.train_loss for r in replies])) if replies else None,
@@ -152,16 +153,14 @@ class RoundLoop:
             "epsilon_cumulative_theory_rdp": epsilon.cumulative_rdp,
         }
         if self.empirical is not None:
-            row.update(self._empirical_columns(audit))
+            columns.update(self._empirical_columns(audit))
         if audit is not None and self.store is not None:
             self.store.write_audit(
                 round_number=round_number,
-                scores_with=audit.scores_with,
-                scores_without=audit.scores_without,
+                arrays={"scores_with": audit.scores_with, "scores_without": audit.scores_without},
                 summary=audit.summary(),
             )
-        row["seconds"] = round(time.perf_counter() - started, 4)
-        return row
+        return RoundRecord(**columns, seconds=round(time.perf_counter() - started, 4))
 
     def _empirical_columns(self, audit) -> dict[str, Any]:
         """Audit columns of rounds.csv: the gaussian estimate, the threshold method's
@@ -174,11 +173,12 @@ class RoundLoop:
             estimate = gaussian.epsilon if gaussian is not None else threshold.epsilon
             columns = {
                 "epsilon_round_empirical": estimate,
-                "epsilon_round_empirical_lower": threshold.lower if threshold is not None else None,
-                "epsilon_round_empirical_upper": threshold.upper if threshold is not None else None,
+                "epsilon_round_empirical_ci_low": gaussian.lower if gaussian is not None else None,
+                "epsilon_round_empirical_ci_high": gaussian.upper if gaussian is not None else None,
+                "epsilon_round_empirical_lower_bound": threshold.lower if threshold is not None else None,
                 "canary_health": audit.canary.health,
             }
-        columns["epsilon_cumulative_empirical"] = self.empirical.step(round_epsilon=estimate)
+        columns["epsilon_cumulative_empirical_extrapolated"] = self.empirical.step(round_epsilon=estimate)
         return columns
 
     def run(self, transport: Transport, outcome: RunOutcome) -> None:

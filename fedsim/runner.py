@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from fedsim.config import Scenario
 from fedsim.errors import FedsimError
+from fedsim.records import RoundRecord
 from fedsim.store import RunStore
 
 QUIET_ENV = {
@@ -44,7 +45,7 @@ class RunResult:
     """A finished run: its folder and its round rows."""
 
     store: RunStore
-    rows: list[dict[str, Any]]
+    rows: list[RoundRecord]
 
 
 def prepare_environment(*, verbose: bool) -> None:

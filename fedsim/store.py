@@ -1,9 +1,10 @@
 """The run store: one folder per run, written as the run goes.
 
 ``runs/<run-id>/scenario.yaml`` (the resolved scenario), ``manifest.json`` (status,
-versions, times; replaced atomically) and ``rounds.csv`` (one row per finished round,
-appended and flushed to disk before the next round starts). Dashboards, comparisons and
-resume read only this folder.
+versions, times; replaced atomically), ``rounds.csv`` (one row per finished round,
+appended and flushed to disk before the next round starts) and ``audits/`` (per audited
+round: ``round_NNNN.npz`` with the raw float32 scores, ``round_NNNN.json`` with the
+summary). Dashboards, comparisons and resume read only this folder.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
-import math
 import os
 import platform
 import secrets
@@ -20,30 +20,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from fedsim.config import Scenario, scenario_to_yaml
 from fedsim.errors import FedsimError
+from fedsim.records import ROUND_COLUMNS, RoundRecord, from_cells, to_cell
 
 Status = Literal["running", "completed", "failed", "interrupted"]
-
-ROUND_COLUMNS = [
-    "round",
-    "clients",
-    "train_loss",
-    "eval_loss",
-    "eval_accuracy",
-    "clip_fraction",
-    "clip_norm",
-    "noise_std",
-    "epsilon_round_theory",
-    "epsilon_cumulative_theory",
-    "epsilon_cumulative_theory_rdp",
-    "epsilon_round_empirical",
-    "epsilon_round_empirical_lower",
-    "epsilon_round_empirical_upper",
-    "epsilon_cumulative_empirical",
-    "canary_health",
-    "seconds",
-]
 
 _PACKAGES = ["fedsim", "flwr", "ray", "torch", "opacus", "dp-accounting", "numpy", "pandas"]
 
@@ -70,15 +53,6 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-
-
-def _cell(value: Any) -> Any:
-    """CSV cell: empty for missing values, 'inf' for infinities."""
-    if value is None:
-        return ""
-    if isinstance(value, float) and math.isnan(value):
-        return ""
-    return value
 
 
 class RunStore:
@@ -143,35 +117,48 @@ class RunStore:
     def manifest(self) -> dict[str, Any]:
         return json.loads(self.manifest_path.read_text())
 
-    def append_round(self, row: dict[str, Any]) -> None:
+    def append_round(self, record: RoundRecord) -> None:
         """Append one finished round to rounds.csv and make it durable."""
-        unknown = set(row) - set(ROUND_COLUMNS)
-        if unknown:
-            raise ValueError(f"unknown round columns: {sorted(unknown)}")
+        values = record.as_dict()
         with self._lock:
             with open(self.rounds_path, "a", newline="") as handle:
-                csv.writer(handle).writerow([_cell(row.get(column)) for column in ROUND_COLUMNS])
+                csv.writer(handle).writerow([to_cell(values[column]) for column in ROUND_COLUMNS])
                 handle.flush()
                 os.fsync(handle.fileno())
             manifest = self.manifest()
-            manifest["rounds_completed"] = int(row["round"])
+            manifest["rounds_completed"] = record.round
             write_json_atomic(self.manifest_path, manifest)
 
-    def write_audit(self, *, round_number: int, scores_with, scores_without, summary: dict[str, Any]) -> None:
-        """Keep one attacked round's raw scores (audits/round_NNNN.csv) and its summary
-        (audits/round_NNNN.json), so any estimate can be recomputed later."""
-        folder = self.path / "audits"
-        folder.mkdir(exist_ok=True)
-        stem = folder / f"round_{round_number:04d}"
-        tmp = stem.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["score_with", "score_without"])
-            writer.writerows(zip((repr(float(v)) for v in scores_with), (repr(float(v)) for v in scores_without)))
+    def audit_path(self, round_number: int) -> Path:
+        """The stem of one audited round's files (``audits/round_NNNN``)."""
+        return self.path / "audits" / f"round_{round_number:04d}"
+
+    def write_audit(self, *, round_number: int, arrays: dict[str, np.ndarray], summary: dict[str, Any]) -> None:
+        """Keep one audited round's raw scores (``round_NNNN.npz``, float32) and its
+        summary (``round_NNNN.json``), so any estimate can be recomputed later."""
+        stem = self.audit_path(round_number)
+        stem.parent.mkdir(exist_ok=True)
+        tmp = stem.with_suffix(".npz.tmp")
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **{name: np.asarray(value, dtype=np.float32) for name, value in arrays.items()})
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, stem.with_suffix(".csv"))
+        os.replace(tmp, stem.with_suffix(".npz"))
         write_json_atomic(stem.with_suffix(".json"), summary)
+
+    def audited_rounds(self) -> list[int]:
+        """Rounds with an audit on disk, in order."""
+        return sorted(int(path.stem.removeprefix("round_")) for path in (self.path / "audits").glob("round_*.json"))
+
+    def read_audit(self, round_number: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The raw score arrays and the summary of one audited round."""
+        stem = self.audit_path(round_number)
+        if not stem.with_suffix(".json").is_file():
+            audited = ", ".join(map(str, self.audited_rounds())) or "none"
+            raise FedsimError(f"run {self.run_id} has no audit of round {round_number}; audited rounds: {audited}")
+        with np.load(stem.with_suffix(".npz"), allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+        return arrays, json.loads(stem.with_suffix(".json").read_text())
 
     def finish(self, *, status: Status, error: str | None = None) -> None:
         """Record how the run ended."""
@@ -180,7 +167,7 @@ class RunStore:
             manifest.update(status=status, ended_at=_now(), error=error)
             write_json_atomic(self.manifest_path, manifest)
 
-    def rounds(self) -> list[dict[str, str]]:
-        """The rows of rounds.csv as written (strings; empty where missing)."""
+    def rounds(self) -> list[RoundRecord]:
+        """The rounds recorded so far, typed (None where a cell is empty)."""
         with open(self.rounds_path, newline="") as handle:
-            return list(csv.DictReader(handle))
+            return [from_cells(row) for row in csv.DictReader(handle)]

@@ -1,12 +1,12 @@
 """End to end through the real Flower simulation engine on a real local Ray runtime."""
 
-import csv
 import json
 import math
 import subprocess
 
 import pytest
 
+from fedsim.store import RunStore
 from tests.conftest import BIN
 
 pytestmark = pytest.mark.slow
@@ -33,8 +33,7 @@ def _run_folder(out_dir):
 
 
 def _rows(folder):
-    with open(folder / "rounds.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
+    return RunStore.open(folder).rounds()
 
 
 def test_fedsim_run_server_fixed_writes_every_round(tmp_path, project_root):
@@ -52,19 +51,19 @@ def test_fedsim_run_server_fixed_writes_every_round(tmp_path, project_root):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["status"] == "completed" and manifest["rounds_completed"] == 4
     rows = _rows(folder)
-    assert [int(r["round"]) for r in rows] == [1, 2, 3, 4]
-    eps = [float(r["epsilon_cumulative_theory"]) for r in rows]
+    assert [int(r.round) for r in rows] == [1, 2, 3, 4]
+    eps = [float(r.epsilon_cumulative_theory) for r in rows]
     assert all(b > a for a, b in zip(eps, eps[1:])), eps
     # every round: the same per-round epsilon (one Gaussian with z = 0.5 at delta 1e-5)
-    assert len({r["epsilon_round_theory"] for r in rows}) == 1
+    assert len({r.epsilon_round_theory for r in rows}) == 1
     for r in rows:
-        assert float(r["noise_std"]) == pytest.approx(0.5 * 1.0 / 5)  # z C / expected cohort
-        assert 0.0 <= float(r["clip_fraction"]) <= 1.0
-        assert 0.0 <= float(r["eval_accuracy"]) <= 1.0
+        assert float(r.noise_std) == pytest.approx(0.5 * 1.0 / 5)  # z C / expected cohort
+        assert 0.0 <= float(r.clip_fraction) <= 1.0
+        assert 0.0 <= float(r.eval_accuracy) <= 1.0
         # the canary audit ran through Flower too: its lower bound never beats the theory
-        assert float(r["epsilon_round_empirical_lower"]) <= float(r["epsilon_round_theory"])
-        assert float(r["canary_health"]) > 0.5
-    assert len(list((folder / "audits").glob("round_*.csv"))) == 4
+        assert float(r.epsilon_round_empirical_lower_bound) <= float(r.epsilon_round_theory)
+        assert float(r.canary_health) > 0.5
+    assert len(list((folder / "audits").glob("round_*.npz"))) == 4
     # Flower and Ray stay quiet without --verbose
     assert "INFO" not in result.stderr
 
@@ -86,9 +85,9 @@ def test_client_side_clipping_through_flower_mod_and_no_dp_baseline(tmp_path, pr
         for key in ("clients", "train_loss", "eval_loss", "eval_accuracy", "clip_fraction"):
             assert flower_row[key] == pytest.approx(local_row[key], rel=1e-5), key
     # with a tiny clip norm nearly every update is clipped (reported by clients before the mod clips)
-    assert all(r["clip_fraction"] == 1.0 for r in rows if r["clients"] > 0)
+    assert all(r.clip_fraction == 1.0 for r in rows if r.clients > 0)
     # noise 0 is no privacy: the accountant says so
-    assert all(math.isinf(r["epsilon_cumulative_theory"]) for r in rows)
+    assert all(math.isinf(r.epsilon_cumulative_theory) for r in rows)
 
 
 def test_ctrl_c_stops_the_run_and_keeps_finished_rounds(tmp_path, project_root):
@@ -129,7 +128,7 @@ def test_ctrl_c_stops_the_run_and_keeps_finished_rounds(tmp_path, project_root):
     manifest = json.loads((folder / "manifest.json").read_text())
     rows = _rows(folder)
     assert manifest["status"] == "interrupted"
-    assert 2 <= len(rows) < 200 and [int(r["round"]) for r in rows] == list(range(1, len(rows) + 1))
+    assert 2 <= len(rows) < 200 and [int(r.round) for r in rows] == list(range(1, len(rows) + 1))
     # the local Ray runtime the run started goes away with it
     deadline = time.monotonic() + 30
     while _ray_processes() and time.monotonic() < deadline:

@@ -1,7 +1,5 @@
 """The CANIFE audit end to end, in-process: sanity facts a correct audit must show."""
 
-import csv
-import json
 import math
 
 import numpy as np
@@ -10,6 +8,7 @@ import pytest
 from fedsim.canaries import empirical_epsilon
 from fedsim.config import load_scenario
 from fedsim.runner import run_scenario
+from fedsim.store import RunStore
 from fedsim.strategies.dp import FixedClippingAggregator
 
 AUDITED = ["rounds=1", "audit.enabled=true", "audit.tests=20000"]
@@ -24,41 +23,40 @@ def _audit_row(project_root, tmp_path, *overrides):
 def test_lower_bound_respects_theory_and_empirical_epsilon_grows_as_noise_shrinks(tmp_path, project_root):
     rows = {z: _audit_row(project_root, tmp_path, f"dp.noise_multiplier={z}")[0] for z in (2.0, 1.0, 0.5)}
     for z, row in rows.items():
-        assert row["epsilon_round_empirical_lower"] <= row["epsilon_round_theory"], z
-        assert row["canary_health"] > 0.5
-    estimates = [rows[z]["epsilon_round_empirical"] for z in (2.0, 1.0, 0.5)]
-    lowers = [rows[z]["epsilon_round_empirical_lower"] for z in (2.0, 1.0, 0.5)]
+        assert row.epsilon_round_empirical_lower_bound <= row.epsilon_round_theory, z
+        assert row.canary_health > 0.5
+    estimates = [rows[z].epsilon_round_empirical for z in (2.0, 1.0, 0.5)]
+    lowers = [rows[z].epsilon_round_empirical_lower_bound for z in (2.0, 1.0, 0.5)]
     assert estimates[0] < estimates[1] < estimates[2]
     assert lowers[0] < lowers[1] < lowers[2]
 
 
 def test_without_noise_the_audit_separates_perfectly(tmp_path, project_root):
     row, _ = _audit_row(project_root, tmp_path, "dp.noise_multiplier=0")
-    assert math.isinf(row["epsilon_round_theory"])
-    assert math.isinf(row["epsilon_round_empirical"]) or row["epsilon_round_empirical"] > 20
+    assert math.isinf(row.epsilon_round_theory)
+    assert math.isinf(row.epsilon_round_empirical) or row.epsilon_round_empirical > 20
     # perfect separation of 20,000 vs 20,000: the Clopper-Pearson lower bound is large
-    assert row["epsilon_round_empirical_lower"] > 8
+    assert row.epsilon_round_empirical_lower_bound > 8
 
 
 @pytest.mark.parametrize("z", [1.0, 2.0])
 def test_update_canary_is_tight_against_the_gaussian_mechanism(tmp_path, project_root, z):
     row, _ = _audit_row(project_root, tmp_path, "audit.canary=update", "audit.tests=50000", f"dp.noise_multiplier={z}")
-    assert row["epsilon_round_empirical"] == pytest.approx(row["epsilon_round_theory"], rel=0.15)
+    assert row.epsilon_round_empirical == pytest.approx(row.epsilon_round_theory, rel=0.15)
 
 
 def test_raw_scores_are_kept_and_reproduce_the_estimates(tmp_path, project_root):
     row, folder = _audit_row(project_root, tmp_path, "audit.tests=5000")
-    with open(folder / "audits" / "round_0001.csv", newline="") as handle:
-        table = list(csv.DictReader(handle))
-    scores_with = np.array([float(r["score_with"]) for r in table])
-    scores_without = np.array([float(r["score_without"]) for r in table])
-    assert len(scores_with) == 5000
+    arrays, summary = RunStore.open(folder).read_audit(1)
+    scores_with, scores_without = arrays["scores_with"], arrays["scores_without"]
+    assert scores_with.dtype == np.float32 and len(scores_with) == 5000
+    # float32 on disk, and the run estimated from exactly those values
+    assert (folder / "audits" / "round_0001.npz").stat().st_size < 5000 * 2 * 4 + 1000
     gaussian = empirical_epsilon(scores_with, scores_without, delta=1e-5, method="gaussian")
     threshold = empirical_epsilon(scores_with, scores_without, delta=1e-5, method="threshold")
-    assert gaussian.epsilon == pytest.approx(row["epsilon_round_empirical"])
-    assert threshold.lower == pytest.approx(row["epsilon_round_empirical_lower"])
-    summary = json.loads((folder / "audits" / "round_0001.json").read_text())
-    assert summary["canary_health"] == pytest.approx(row["canary_health"])
+    assert gaussian.epsilon == pytest.approx(row.epsilon_round_empirical)
+    assert threshold.lower == pytest.approx(row.epsilon_round_empirical_lower_bound)
+    assert summary["canary_health"] == pytest.approx(row.canary_health)
     # the canary client's update was clipped to exactly C: the "with" scores shift by 1
     assert summary["contribution_norm"] == pytest.approx(summary["clip_norm"])
     assert scores_with.mean() - scores_without.mean() == pytest.approx(1.0, abs=0.05)
@@ -80,9 +78,9 @@ def test_audit_replays_never_change_the_training(tmp_path, project_root):
     ).rows
     for a, p in zip(audited, plain, strict=True):
         for key in ("clients", "train_loss", "eval_accuracy", "epsilon_cumulative_theory"):
-            assert a[key] == p[key]
-        assert a["epsilon_round_empirical"] is not None and p.get("epsilon_round_empirical") is None
-    cumulative = [row["epsilon_cumulative_empirical"] for row in audited]
+            assert getattr(a, key) == getattr(p, key)
+        assert a.epsilon_round_empirical is not None and p.epsilon_round_empirical is None
+    cumulative = [row.epsilon_cumulative_empirical_extrapolated for row in audited]
     assert all(b > a for a, b in zip(cumulative, cumulative[1:]))
 
 
@@ -109,4 +107,4 @@ def test_audit_exposes_a_strategy_that_adds_less_noise_than_it_claims(tmp_path, 
     monkeypatch.setattr(loop, "build_aggregator", half_noise_factory)
     row, _ = _audit_row(project_root, tmp_path, "audit.canary=update", "dp.noise_multiplier=2.0")
     # the theory believes z = 2; the measured lower bound proves more leakage than that
-    assert row["epsilon_round_empirical_lower"] > row["epsilon_round_theory"]
+    assert row.epsilon_round_empirical_lower_bound > row.epsilon_round_theory

@@ -9,6 +9,7 @@ from fedsim.data import ShakespeareDataset
 from fedsim.data.shakespeare import parse_gutenberg, parse_speeches
 from fedsim.data.text import CHAR_UNK, NUM_CHARS, SEQ_LEN, decode_chars, encode_chars
 from fedsim.errors import DataError
+from fedsim.store import RunStore
 
 
 @pytest.fixture(autouse=True)
@@ -140,7 +141,6 @@ on a ship.
 
 
 def test_shakespeare_scenario_runs_in_process(shk_root, project_root, tmp_path):
-    import csv
 
     from typer.testing import CliRunner
 
@@ -172,5 +172,5 @@ def test_shakespeare_scenario_runs_in_process(shk_root, project_root, tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    rows = list(csv.DictReader(next(tmp_path.glob("*/rounds.csv")).open()))
-    assert len(rows) == 2 and 0 <= float(rows[-1]["eval_accuracy"]) <= 1 and float(rows[-1]["eval_loss"]) > 0
+    rows = RunStore.open(next(tmp_path.glob("*/rounds.csv")).parent).rounds()
+    assert len(rows) == 2 and 0 <= float(rows[-1].eval_accuracy) <= 1 and float(rows[-1].eval_loss) > 0

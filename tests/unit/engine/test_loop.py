@@ -1,6 +1,7 @@
 """The round loop and the runner, in-process (no Flower, no Ray): reproducibility,
 durability when a client crashes or the user interrupts, and DP's cost in accuracy."""
 
+import dataclasses
 import json
 import math
 
@@ -19,7 +20,7 @@ def _scenario(project_root, *overrides):
 
 
 def _without_time(rows):
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    return [dataclasses.replace(row, seconds=None) for row in rows]
 
 
 def test_same_seed_same_rounds_other_seed_other_rounds(tmp_path, project_root):
@@ -30,7 +31,7 @@ def test_same_seed_same_rounds_other_seed_other_rounds(tmp_path, project_root):
     assert _without_time(first.rows) != _without_time(other.rows)
     # rounds.csv holds exactly what the run reported
     stored = RunStore.open(first.store.path).rounds()
-    assert [float(r["eval_accuracy"]) for r in stored] == [r["eval_accuracy"] for r in first.rows]
+    assert stored == first.rows
 
 
 def test_crashing_client_fails_the_run_with_one_line_and_keeps_finished_rounds(tmp_path, project_root, monkeypatch):
@@ -51,12 +52,12 @@ def test_crashing_client_fails_the_run_with_one_line_and_keeps_finished_rounds(t
     (folder,) = list(tmp_path.iterdir())
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["status"] == "failed" and "out of memory" in manifest["error"]
-    assert [r["round"] for r in RunStore.open(folder).rounds()] == ["1", "2"]
+    assert [r.round for r in RunStore.open(folder).rounds()] == [1, 2]
 
 
 def test_interrupt_marks_the_run_interrupted_and_keeps_rounds(tmp_path, project_root):
     def stop_after_two(row):
-        if row["round"] == 2:
+        if row.round == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -70,11 +71,11 @@ def test_interrupt_marks_the_run_interrupted_and_keeps_rounds(tmp_path, project_
 def test_fixed_cohort_is_accounted_with_rdp_and_exceeds_poisson(tmp_path, project_root):
     poisson = run_scenario(scenario=_scenario(project_root), out_dir=tmp_path, engine="inprocess").rows
     fixed = run_scenario(scenario=_scenario(project_root, "sampling=fixed"), out_dir=tmp_path, engine="inprocess").rows
-    assert all(row["clients"] == 5 for row in fixed)
-    assert len({row["clients"] for row in poisson}) > 1  # Poisson cohort sizes vary (seeded: 5, 4, 8, 3)
+    assert all(row.clients == 5 for row in fixed)
+    assert len({row.clients for row in poisson}) > 1  # Poisson cohort sizes vary (seeded: 5, 4, 8, 3)
     # fixed cohorts: RDP under replace-one is the headline, and it is the larger epsilon
-    assert fixed[-1]["epsilon_cumulative_theory"] == fixed[-1]["epsilon_cumulative_theory_rdp"]
-    assert fixed[-1]["epsilon_cumulative_theory"] > poisson[-1]["epsilon_cumulative_theory"]
+    assert fixed[-1].epsilon_cumulative_theory == fixed[-1].epsilon_cumulative_theory_rdp
+    assert fixed[-1].epsilon_cumulative_theory > poisson[-1].epsilon_cumulative_theory
 
 
 def test_adaptive_clipping_and_local_dpsgd_report_their_numbers(tmp_path, project_root):
@@ -84,15 +85,15 @@ def test_adaptive_clipping_and_local_dpsgd_report_their_numbers(tmp_path, projec
         engine="inprocess",
     ).rows
     # starting far below the median norm, the clip norm grows round after round
-    norms = [row["clip_norm"] for row in adaptive]
+    norms = [row.clip_norm for row in adaptive]
     assert norms[0] == pytest.approx(0.01) and all(b > a for a, b in zip(norms, norms[1:]))
     local = run_scenario(
         scenario=_scenario(project_root, "dp.mode=local_dpsgd", "dp.noise_multiplier=1.0", "dp.clip_norm=1.0"),
         out_dir=tmp_path,
         engine="inprocess",
     ).rows
-    assert all(row["noise_std"] == pytest.approx(1.0 * 1.0 / 10) for row in local)  # z C / batch size
-    eps = [row["epsilon_cumulative_theory"] for row in local]
+    assert all(row.noise_std == pytest.approx(1.0 * 1.0 / 10) for row in local)  # z C / batch size
+    eps = [row.epsilon_cumulative_theory for row in local]
     assert all(math.isfinite(e) for e in eps) and all(b > a for a, b in zip(eps, eps[1:]))
 
 
@@ -108,8 +109,8 @@ def test_quickstart_learns_under_dp_and_no_dp_is_at_least_as_accurate(tmp_path, 
         engine="inprocess",
     ).rows
     chance = 1 / 10
-    assert dp[-1]["eval_accuracy"] > 2 * chance
-    assert dp[-1]["eval_accuracy"] > dp[0]["eval_accuracy"] + 0.1
-    assert plain[-1]["eval_accuracy"] >= dp[-1]["eval_accuracy"]
-    eps = [row["epsilon_cumulative_theory"] for row in dp]
+    assert dp[-1].eval_accuracy > 2 * chance
+    assert dp[-1].eval_accuracy > dp[0].eval_accuracy + 0.1
+    assert plain[-1].eval_accuracy >= dp[-1].eval_accuracy
+    eps = [row.epsilon_cumulative_theory for row in dp]
     assert all(b > a for a, b in zip(eps, eps[1:]))

@@ -3,12 +3,14 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 import yaml
 
 from fedsim.config import scenario_from_dict
 from fedsim.errors import FedsimError
-from fedsim.store import ROUND_COLUMNS, RunStore
+from fedsim.records import ROUND_COLUMNS, RoundRecord
+from fedsim.store import RunStore
 
 
 def test_create_writes_resolved_scenario_manifest_and_header(tmp_path):
@@ -25,24 +27,43 @@ def test_create_writes_resolved_scenario_manifest_and_header(tmp_path):
 
 def test_rounds_are_readable_after_each_append_and_status_is_recorded(tmp_path):
     store = RunStore.create(parent=tmp_path, scenario=scenario_from_dict({}))
-    store.append_round({"round": 1, "clients": 9, "eval_accuracy": 0.5, "epsilon_round_empirical": None})
+    store.append_round(RoundRecord(round=1, clients=9, eval_accuracy=0.5, epsilon_round_empirical=None))
     # another reader sees the row at once (flushed), with empty cells for missing values
     with open(store.rounds_path, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert rows == [{**{c: "" for c in ROUND_COLUMNS}, "round": "1", "clients": "9", "eval_accuracy": "0.5"}]
+    assert rows == [
+        {**{c: "" for c in ROUND_COLUMNS}, "round": "1", "clients": "9", "failures": "0", "eval_accuracy": "0.5"}
+    ]
     assert store.manifest()["rounds_completed"] == 1
-    store.append_round({"round": 2, "clients": 11, "epsilon_round_theory": float("inf")})
-    assert store.rounds()[1]["epsilon_round_theory"] == "inf"
+    store.append_round(RoundRecord(round=2, clients=11, epsilon_round_theory=float("inf"), noise_std=0.1 + 0.2))
+    second = store.rounds()[1]
+    # typed on the way back, floats exact (repr round-trips), missing values None
+    assert second.epsilon_round_theory == float("inf") and second.noise_std == 0.1 + 0.2
+    assert second.train_loss is None and isinstance(second.round, int)
     store.finish(status="interrupted", error="stopped")
     manifest = RunStore.open(store.path).manifest()
     assert manifest["status"] == "interrupted" and manifest["ended_at"] and len(store.rounds()) == 2
     assert not list(store.path.glob("*.tmp"))
 
 
+def test_audits_are_float32_arrays_with_a_summary(tmp_path):
+    store = RunStore.create(parent=tmp_path, scenario=scenario_from_dict({}))
+    scores = np.random.default_rng(0).normal(size=1000)
+    store.write_audit(
+        round_number=3, arrays={"scores_with": scores + 1, "scores_without": scores}, summary={"round": 3}
+    )
+    arrays, summary = store.read_audit(3)
+    assert arrays["scores_with"].dtype == np.float32
+    assert np.array_equal(arrays["scores_without"], scores.astype(np.float32)) and summary == {"round": 3}
+    assert store.audited_rounds() == [3]
+    with pytest.raises(FedsimError, match="no audit of round 4; audited rounds: 3"):
+        store.read_audit(4)
+
+
 def test_unknown_columns_are_refused_and_bad_folders_are_reported(tmp_path):
     store = RunStore.create(parent=tmp_path, scenario=scenario_from_dict({}))
-    with pytest.raises(ValueError, match="unknown round columns"):
-        store.append_round({"round": 1, "accuracy": 1.0})
+    with pytest.raises(TypeError, match="accuracy"):
+        store.append_round(RoundRecord(round=1, clients=1, accuracy=1.0))
     with pytest.raises(FedsimError, match="not a fedsim run folder"):
         RunStore.open(tmp_path)
     blocker = tmp_path / "file"
