@@ -7,7 +7,7 @@ once. Every error names the key, the bad value and what is allowed, on one line.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -104,6 +104,10 @@ class AuditConfig(_Section):
     confidence: float = Field(0.95, gt=0, lt=1)
     estimators: list[Literal["gaussian", "threshold"]] = Field(
         default_factory=lambda: ["gaussian", "threshold"], min_length=1
+    )
+    noise_multipliers: list[Annotated[float, Field(gt=0)]] = Field(
+        default_factory=list,
+        description="what-if noise multipliers: each audited round is also replayed with each of these",
     )
 
 
