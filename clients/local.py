@@ -15,6 +15,7 @@ from fedsim.clients.work import evaluate_many, train_one
 from fedsim.config import Scenario
 from fedsim.loop import TrainedReply
 from fedsim.params import flatten_state
+from fedsim.privacy import DpMechanism
 from fedsim.strategies.aggregation import clip_updates
 
 
@@ -23,6 +24,7 @@ class InProcessTransport:
 
     def __init__(self, *, scenario: Scenario) -> None:
         self.scenario = scenario
+        self.client_clips = DpMechanism.from_scenario(scenario).client_clips
 
     def train(self, *, round_number: int, state: dict[str, Any], cohort: np.ndarray) -> list[TrainedReply]:
         start = flatten_state(state)
@@ -32,10 +34,17 @@ class InProcessTransport:
                 scenario=self.scenario, start=state, client_id=int(client_id), round_number=round_number
             )
             flat = flatten_state(trained.state)
-            if self.scenario.dp.mode == "client_fixed":
+            if self.client_clips:
                 flat = start + clip_updates((flat - start)[None], clip_norm=self.scenario.dp.clip_norm)[0]
             replies.append(
-                TrainedReply(trained.client_id, flat, trained.num_examples, trained.update_norm, trained.train_loss)
+                TrainedReply(
+                    client_id=trained.client_id,
+                    trained=flat,
+                    num_examples=trained.num_examples,
+                    update_norm=trained.update_norm,
+                    train_loss=trained.train_loss,
+                    noise_std=trained.noise_std,
+                )
             )
         return replies
 

@@ -27,6 +27,7 @@ class TrainedClient:
     num_examples: int
     train_loss: float
     update_norm: float  # L2 norm of (trained - start), before any clipping
+    noise_std: float | None = None  # local DP-SGD: the noise std Opacus used per step
 
 
 def train_one(
@@ -44,7 +45,7 @@ def train_one(
     )
     trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
     norm = float(np.linalg.norm(flatten_state(trained) - flatten_state(start)))
-    return TrainedClient(client_id, trained, result.num_examples, result.mean_loss, norm)
+    return TrainedClient(client_id, trained, result.num_examples, result.mean_loss, norm, result.noise_std)
 
 
 def evaluate_many(

@@ -11,10 +11,11 @@ import signal
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 
+from fedsim.config import Sampling
 from fedsim.errors import FedsimError
 
 app = typer.Typer(
@@ -151,9 +152,9 @@ class AccountantChoice(str, Enum):
     rdp = "rdp"
 
 
-class SamplingChoice(str, Enum):
-    poisson = "poisson"
-    without_replacement = "without-replacement"
+# the scenario's sampling values, as a Typer choice
+SamplingChoice = Enum("SamplingChoice", {value: value for value in get_args(Sampling)}, type=str)
+DEFAULT_SAMPLING = SamplingChoice("poisson")
 
 
 @privacy_app.command("epsilon")
@@ -169,9 +170,9 @@ def privacy_epsilon(
     accountant: Annotated[
         AccountantChoice | None, typer.Option("--accountant", help="pld (default for poisson) or rdp")
     ] = None,
-    sampling: Annotated[SamplingChoice, typer.Option("--sampling")] = SamplingChoice.poisson,
+    sampling: Annotated[SamplingChoice, typer.Option("--sampling")] = DEFAULT_SAMPLING,
     population: Annotated[
-        int | None, typer.Option("--population", help="Population size (needed for without-replacement)")
+        int | None, typer.Option("--population", help="Population size (needed for --sampling fixed)")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
 ) -> None:
@@ -180,16 +181,15 @@ def privacy_epsilon(
 
     if (noise_multiplier is None) == (target_epsilon is None):
         raise FedsimError("give exactly one of --noise-multiplier and --target-epsilon")
-    sampling_name = "poisson" if sampling is SamplingChoice.poisson else "without_replacement"
     if accountant is None:
-        accountant = AccountantChoice.pld if sampling_name == "poisson" else AccountantChoice.rdp
-    if sampling_name == "without_replacement" and population is None:
-        raise FedsimError("--sampling without-replacement needs --population N (the number of clients)")
+        accountant = AccountantChoice.pld if sampling.value == "poisson" else AccountantChoice.rdp
+    if sampling.value == "fixed" and population is None:
+        raise FedsimError("--sampling fixed needs --population N (the number of clients)")
     common = dict(
         sampling_rate=sampling_rate,
         rounds=rounds,
         delta=delta,
-        sampling=sampling_name,
+        sampling=sampling.value,
         population=population,
         accountant=accountant.value,
     )

@@ -145,11 +145,19 @@ class Scenario(_Section):
                 f"clients_per_round ({self.clients_per_round}) exceeds data.num_clients "
                 f"({self.data.num_clients}); lower clients_per_round or add clients"
             )
-        if self.dp.mode == "local_dpsgd" and self.dp.noise_multiplier == 0:
+        from fedsim.privacy.mechanism import DpMechanism  # the mechanism reads this module's types
+
+        mechanism = DpMechanism.from_scenario(self)
+        if mechanism.local and self.dp.noise_multiplier == 0:
             raise ValueError("dp.noise_multiplier must be > 0 for local_dpsgd (Opacus)")
         if self.audit.enabled:
-            if self.dp.mode == "local_dpsgd":
+            if mechanism.local:
                 raise ValueError("audit.enabled audits user-level central DP; it cannot audit dp.mode local_dpsgd")
+            if self.audit.noise_multipliers and not mechanism.central:
+                raise ValueError(
+                    f"audit.noise_multipliers replays a central DP release; dp.mode {self.dp.mode} has none "
+                    "(use server_fixed, client_fixed or server_adaptive, or drop audit.noise_multipliers)"
+                )
             if self.data.design_pool == 0:
                 raise ValueError(
                     "audit.enabled needs design-pool users the adversary may use; set data.design_pool (e.g. 20)"

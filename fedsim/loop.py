@@ -17,13 +17,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedsim.config import Scenario
+from fedsim.errors import ScenarioError
 from fedsim.experiment import dataset_for, model_for
 from fedsim.params import flatten_state, unflatten_state
+from fedsim.privacy import DpMechanism, EmpiricalTracker, TheoryTracker
 from fedsim.records import RoundRecord
 from fedsim.seeding import EVALUATION, NOISE, round_rng
 from fedsim.store import RunStore
 from fedsim.strategies import build_aggregator, build_server_optimizer, sample_cohort
-from fedsim.theory import EmpiricalTracker, TheoryTracker
 
 RoundCallback = Callable[[RoundRecord], None]
 
@@ -46,6 +47,7 @@ class TrainedReply:
     num_examples: int
     update_norm: float  # before any client-side clipping
     train_loss: float
+    noise_std: float | None = None  # local DP-SGD: the noise std Opacus used per step
 
 
 class Transport(Protocol):
@@ -69,19 +71,31 @@ class RoundLoop:
         model = model_for(scenario, self.dataset)
         self.template = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.params = flatten_state(self.template).astype(np.float32).astype(np.float64)
-        self.aggregator = build_aggregator(scenario=scenario)
+        self.mechanism = DpMechanism.from_scenario(scenario)
+        self.aggregator = build_aggregator(mechanism=self.mechanism, adaptive=scenario.dp.adaptive)
         self.optimizer = build_server_optimizer(scenario=scenario)
-        min_samples = None
-        if scenario.dp.mode == "local_dpsgd":
-            min_samples = min(self.dataset.num_train_samples(c) for c in range(self.dataset.num_clients))
-        self.theory = TheoryTracker(scenario=scenario, min_client_samples=min_samples)
+        self.theory = TheoryTracker(
+            mechanism=self.mechanism,
+            batch_size=scenario.client.batch_size,
+            epochs=scenario.client.epochs,
+            client_sizes=(
+                (self.dataset.num_train_samples(c) for c in range(self.dataset.num_clients))
+                if self.mechanism.local
+                else ()
+            ),
+        )
         self.auditor = None
         self.empirical = None
         if scenario.audit.enabled:
             from fedsim.canaries.audit import CanaryAuditor  # only audited runs pay for it
 
-            self.auditor = CanaryAuditor(scenario=scenario, dataset=self.dataset)
-            self.empirical = EmpiricalTracker(scenario=scenario)
+            self.auditor = CanaryAuditor(scenario=scenario, dataset=self.dataset, mechanism=self.mechanism)
+            self.empirical = EmpiricalTracker(mechanism=self.mechanism)
+            for noise_multiplier in scenario.audit.noise_multipliers:  # refuse impossible what-ifs now
+                try:
+                    self.aggregator.with_noise_multiplier(noise_multiplier)
+                except ValueError as error:
+                    raise ScenarioError(f"scenario key 'audit.noise_multipliers': {error}") from None
 
     def state(self) -> dict[str, Any]:
         """The global model as a state dict."""
@@ -125,7 +139,7 @@ class RoundLoop:
         aggregate = self.aggregator.aggregate(
             updates=updates,
             weights=np.array([reply.num_examples for reply in replies], dtype=float),
-            reported_norms=norms if scenario.dp.mode == "client_fixed" else None,
+            reported_norms=norms if self.mechanism.client_clips else None,
             rng=rng,
         )
         # clients receive float32 weights: keep the server's copy exactly what it sends
@@ -147,7 +161,7 @@ class RoundLoop:
             "eval_accuracy": eval_accuracy,
             "clip_fraction": aggregate.clip_fraction,
             "clip_norm": aggregate.clip_norm,
-            "noise_std": self._noise_std(aggregate.noise_std),
+            "noise_std": self._noise_std(aggregate.noise_std, replies),
             "epsilon_round_theory": epsilon.round,
             "epsilon_cumulative_theory": epsilon.cumulative,
             "epsilon_cumulative_theory_rdp": epsilon.cumulative_rdp,
@@ -155,11 +169,7 @@ class RoundLoop:
         if self.empirical is not None:
             columns.update(self._empirical_columns(audit))
         if audit is not None and self.store is not None:
-            self.store.write_audit(
-                round_number=round_number,
-                arrays={"scores_with": audit.scores_with, "scores_without": audit.scores_without},
-                summary=audit.summary(),
-            )
+            self.store.write_audit(round_number=round_number, arrays=audit.arrays(), summary=audit.summary())
         return RoundRecord(**columns, seconds=round(time.perf_counter() - started, 4))
 
     def _empirical_columns(self, audit) -> dict[str, Any]:
@@ -193,9 +203,10 @@ class RoundLoop:
             if self.on_round is not None:
                 self.on_round(row)
 
-    def _noise_std(self, central_std: float) -> float:
-        """Noise std on the averaged update; for local DP-SGD, on each step's mean gradient."""
-        dp = self.scenario.dp
-        if dp.mode == "local_dpsgd":
-            return dp.noise_multiplier * dp.clip_norm / self.scenario.client.batch_size
-        return central_std
+    def _noise_std(self, central_std: float, replies: list[TrainedReply]) -> float | None:
+        """Noise std on the averaged update; for local DP-SGD, the mean over the round's
+        clients of the std Opacus added to each step's mean gradient."""
+        if not self.mechanism.local:
+            return central_std
+        stds = [reply.noise_std for reply in replies if reply.noise_std is not None]
+        return float(np.mean(stds)) if stds else None

@@ -130,7 +130,7 @@ def run_scenario(
     # small per-client models train fastest on one thread; Ray workers own the other cores
     torch.set_num_threads(1)
     loop = RoundLoop(scenario=scenario, on_round=on_round)  # builds data, model, strategy
-    store = RunStore.create(parent=out_dir, scenario=scenario)
+    store = RunStore.create(parent=out_dir, scenario=scenario, privacy=loop.mechanism.describe())
     loop.store = store
     if on_start is not None:
         on_start(store)

@@ -17,6 +17,7 @@ from fedsim.config import Scenario
 from fedsim.errors import FedsimError
 from fedsim.loop import RoundLoop, RunOutcome, TrainedReply
 from fedsim.params import flatten_state
+from fedsim.privacy import DpMechanism
 
 
 class FlowerTransport:
@@ -42,7 +43,7 @@ class FlowerTransport:
 
     def train(self, *, round_number: int, state: dict[str, Any], cohort: np.ndarray) -> list[TrainedReply]:
         config: dict[str, Any] = {"round": round_number}
-        if self.scenario.dp.mode == "client_fixed":
+        if DpMechanism.from_scenario(self.scenario).client_clips:
             config["clipping_norm"] = float(self.scenario.dp.clip_norm)  # read by fixedclipping_mod
         arrays = ArrayRecord(state)
         messages = [
@@ -65,6 +66,7 @@ class FlowerTransport:
                     num_examples=int(metrics["num-examples"]),
                     update_norm=float(metrics["update-norm"]),
                     train_loss=float(metrics["train-loss"]),
+                    noise_std=float(metrics["noise-std"]) if "noise-std" in metrics else None,
                 )
             )
         return result

@@ -75,8 +75,9 @@ class RunStore:
         return self.path / "rounds.csv"
 
     @classmethod
-    def create(cls, *, parent: Path, scenario: Scenario) -> RunStore:
-        """Make ``parent/<run-id>/`` with the resolved scenario and a running manifest."""
+    def create(cls, *, parent: Path, scenario: Scenario, privacy: dict[str, Any] | None = None) -> RunStore:
+        """Make ``parent/<run-id>/`` with the resolved scenario and a running manifest
+        (``privacy``: what the run's epsilons cover, from its DP mechanism)."""
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_id = f"{stamp}-{scenario.name}-{secrets.token_hex(3)}"
         try:
@@ -102,6 +103,7 @@ class RunStore:
                 "rounds_planned": scenario.rounds,
                 "rounds_completed": 0,
                 "versions": _versions(),
+                "privacy": privacy,
                 "error": None,
             },
         )
