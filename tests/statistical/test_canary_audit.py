@@ -2,8 +2,10 @@
 
 import math
 
+import dp_accounting
 import numpy as np
 import pytest
+from dp_accounting import pld
 
 from fedsim.canaries import empirical_epsilon
 from fedsim.config import load_scenario
@@ -115,3 +117,30 @@ def test_audit_exposes_a_strategy_that_adds_less_noise_than_it_claims(tmp_path, 
     row, _ = _audit_row(project_root, tmp_path, "audit.canary=update", "dp.noise_multiplier=2.0")
     # the theory believes z = 2; the measured lower bound proves more leakage than that
     assert row.epsilon_round_empirical_lower_bound > row.epsilon_round_theory
+
+
+def test_what_if_noise_levels_replay_the_same_round_at_other_noise(tmp_path, project_root):
+    """audit.noise_multipliers: each audited round is replayed at other noise levels. The
+    update canary is tight against the Gaussian mechanism, so each what-if estimate lands
+    on that noise level's theory (computed here with dp-accounting's PLD accountant)."""
+    row, folder = _audit_row(
+        project_root,
+        tmp_path,
+        "audit.canary=update",
+        "audit.tests=50000",
+        "dp.noise_multiplier=2.0",
+        "audit.noise_multipliers=[1.0, 4.0]",
+    )
+    arrays, summary = RunStore.open(folder).read_audit(1)
+    assert arrays["what_if_scores_with"].shape == (2, 50_000)
+    assert list(arrays["what_if_noise_multipliers"]) == [1.0, 4.0]
+    for entry in summary["what_if"]:
+        z = entry["noise_multiplier"]
+        single = pld.PLDAccountant(value_discretization_interval=1e-4)
+        single.compose(dp_accounting.GaussianDpEvent(z))
+        assert entry["epsilon_theory"] == pytest.approx(single.get_epsilon(1e-5), rel=1e-3)
+        assert entry["epsilon_empirical"] == pytest.approx(entry["epsilon_theory"], rel=0.15), z
+        assert entry["lower_bound"] <= entry["epsilon_theory"]
+    # the run's own level sits between them
+    low, high = (entry["epsilon_empirical"] for entry in summary["what_if"])
+    assert high < row.epsilon_round_empirical < low
