@@ -14,7 +14,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 
-from fedsim.clients.work import evaluate_many, train_one
+from fedsim.clients.work import evaluate_many, train_sampled
 from fedsim.config import Scenario
 from fedsim.privacy import DpMechanism
 
@@ -29,7 +29,7 @@ def make_client_app(*, scenario: Scenario) -> ClientApp:
     @app.train(mods=mods)
     def train(msg: Message, context: Context) -> Message:
         config = msg.content["config"]
-        trained = train_one(
+        trained = train_sampled(
             scenario=scenario,
             start=msg.content["arrays"].to_torch_state_dict(),
             client_id=int(config["client-id"]),

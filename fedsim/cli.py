@@ -49,9 +49,12 @@ def friendly(command):
 
 
 def _quiet_interrupt(signum: int, frame: object) -> None:
-    """Ctrl-C: silence Flower before its worker threads report the stopped Ray actors."""
+    """Ctrl-C or SIGTERM: silence Flower before its worker threads report the stopped Ray
+    actors, and stop the run (every finished round is already on disk)."""
+    from fedsim.runner import Interrupted
+
     logging.getLogger("flwr").setLevel(logging.CRITICAL + 1)
-    raise KeyboardInterrupt
+    raise Interrupted(signal.Signals(signum).name)
 
 
 class EngineChoice(str, Enum):
@@ -87,14 +90,72 @@ def run(
     ] = None,
 ) -> None:
     """Run a scenario: DP federated training on Flower + Ray, with per-round epsilon."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from fedsim.config import load_scenario
     from fedsim.runner import run_scenario
 
     resolved = load_scenario(scenario, overrides=set_ or [])
+    _with_progress(
+        name=resolved.name,
+        rounds=resolved.rounds,
+        delta=resolved.dp.delta,
+        where=out,
+        execute=lambda on_round, on_start: run_scenario(
+            scenario=resolved,
+            out_dir=out,
+            ray_address=ray_address,
+            verbose=verbose,
+            on_round=on_round,
+            on_start=on_start,
+            engine=(engine or EngineChoice.flower).value,
+        ),
+    )
+
+
+@app.command()
+@friendly
+def resume(
+    run_folder: Annotated[Path, typer.Argument(help="The run folder to continue, e.g. runs/<run-id>")],
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="Attach to a running Ray cluster (HOST:PORT)")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower and Ray logs")] = False,
+    engine: Annotated[EngineChoice | None, typer.Option("--engine", help="flower (default) or inprocess")] = None,
+) -> None:
+    """Continue an interrupted or failed run from its last checkpoint."""
+    import yaml
+
+    from fedsim.runner import resume_run
+    from fedsim.store import RunStore
+
+    store = RunStore.open(run_folder)
+    if store.manifest()["status"] == "completed":
+        typer.echo(f"run {store.run_id} is already completed; nothing to resume ({store.path})")
+        return
+    planned = yaml.safe_load((store.path / "scenario.yaml").read_text(encoding="utf-8"))
+    _with_progress(
+        name=store.run_id,
+        rounds=int(planned["rounds"]),
+        delta=float(planned["dp"]["delta"]),
+        where=run_folder,
+        execute=lambda on_round, on_start: resume_run(
+            path=run_folder,
+            ray_address=ray_address,
+            verbose=verbose,
+            on_round=on_round,
+            on_start=on_start,
+            engine=(engine or EngineChoice.flower).value,
+        ),
+    )
+
+
+def _with_progress(*, name: str, rounds: int, delta: float, where: Path, execute) -> None:
+    """Run ``execute(on_round, on_start)`` under a progress bar; Ctrl-C and SIGTERM stop it
+    with every finished round kept (exit code 130)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     signal.signal(signal.SIGINT, _quiet_interrupt)
+    signal.signal(signal.SIGTERM, _quiet_interrupt)
     console = Console(stderr=True)
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -105,35 +166,32 @@ def run(
         console=console,
         disable=not console.is_terminal,
     )
-    task = progress.add_task(f"{resolved.name} round", total=resolved.rounds, acc="-", eps="-")
+    task = progress.add_task(f"{name} round", total=rounds, acc="-", eps="-")
     started: dict[str, Any] = {}
 
     def on_start(store) -> None:
         started["store"] = store
+        progress.update(task, completed=store.manifest()["rounds_completed"])
         console.print(f"run folder: {store.path}")
 
-    def on_round(row: dict[str, Any]) -> None:
+    def on_round(row) -> None:
         progress.update(task, advance=1, acc=_fmt(row.eval_accuracy), eps=_fmt(row.epsilon_cumulative_theory, 2))
         if not console.is_terminal:
             console.print(
-                f"round {row.round}/{resolved.rounds}  clients {row.clients}  "
+                f"round {row.round}/{rounds}  clients {row.clients}  "
                 f"acc {_fmt(row.eval_accuracy)}  eps {_fmt(row.epsilon_cumulative_theory, 2)}"
             )
 
     try:
         with progress:
-            result = run_scenario(
-                scenario=resolved,
-                out_dir=out,
-                ray_address=ray_address,
-                verbose=verbose,
-                on_round=on_round,
-                on_start=on_start,
-                engine=(engine or EngineChoice.flower).value,
-            )
+            result = execute(on_round, on_start)
     except KeyboardInterrupt:
-        where = started.get("store")
-        typer.echo(f"fedsim: interrupted; finished rounds are kept in {where.path if where else out}", err=True)
+        store = started.get("store")
+        typer.echo(
+            f"fedsim: interrupted; finished rounds are kept in {store.path if store else where}"
+            + (f"; continue with `fedsim resume {store.path}`" if store else ""),
+            err=True,
+        )
         # Flower's server thread may be blocked waiting for replies that will never come;
         # every finished round is already on disk, so leave without waiting for it.
         sys.stdout.flush()
@@ -142,7 +200,7 @@ def run(
     last = result.rows[-1]
     typer.echo(
         f"done: {len(result.rows)} rounds, final accuracy {_fmt(last.eval_accuracy)}, "
-        f"epsilon {_fmt(last.epsilon_cumulative_theory, 2)} at delta {resolved.dp.delta:g}"
+        f"epsilon {_fmt(last.epsilon_cumulative_theory, 2)} at delta {delta:g}"
     )
     typer.echo(f"results: {result.store.path}  (rounds.csv, manifest.json, scenario.yaml)")
 

@@ -121,6 +121,28 @@ class RayConfig(_Section):
     timeout_s: float = Field(60.0, gt=0, description="give up attaching after this")
 
 
+class FaultsConfig(_Section):
+    """Clients that fail or hang on purpose (tests, and studies of dropouts)."""
+
+    fail_clients: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=list, description="client ids that raise when they train"
+    )
+    hang_clients: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=list, description="client ids that stop answering when they train"
+    )
+    rounds: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, description="rounds in which the listed clients fail or hang; every round if unset"
+    )
+    dropout: float = Field(0.0, ge=0, lt=1, description="probability that a sampled client fails (seeded)")
+    hang_s: float = Field(3600.0, gt=0, description="how long a hanging client sleeps")
+
+
+class CheckpointConfig(_Section):
+    """Checkpoints that ``fedsim resume`` continues from."""
+
+    every: int = Field(1, ge=1, description="write a checkpoint every k-th round (and the last)")
+
+
 class Scenario(_Section):
     """A whole simulated run."""
 
@@ -137,6 +159,14 @@ class Scenario(_Section):
     evaluation: EvaluationConfig = EvaluationConfig()
     audit: AuditConfig = AuditConfig()
     ray: RayConfig = RayConfig()
+    min_replies: float = Field(
+        0.5, ge=0, le=1, description="share of a round's sampled clients that must answer, or the run fails"
+    )
+    round_timeout_s: float | None = Field(
+        None, gt=0, description="seconds a round waits for its clients; the late ones count as failed"
+    )
+    faults: FaultsConfig = FaultsConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
 
     @model_validator(mode="after")
     def _check_cohort(self) -> Scenario:

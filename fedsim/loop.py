@@ -2,8 +2,11 @@
 
 Flower's ``Strategy.start()`` runs every round in one call, so it cannot record a round
 before the next starts, audit with the round's updates, or resume. This loop does, round
-by round: sample the cohort -> train (through a transport) -> DP aggregation -> server
-optimiser step -> accountant -> federated evaluation -> durable round record.
+by round: sample the cohort -> train (through a transport; failed and late clients are
+counted) -> audit -> DP aggregation -> server optimiser step -> accountant -> federated
+evaluation -> one record, which the run store persists with a checkpoint before the next
+round begins. Everything a round depends on is either keyed by (seed, stream, round) in
+fedsim/seeding.py or in :meth:`RoundLoop.state_dict`, so a run resumes exactly.
 """
 
 from __future__ import annotations
@@ -12,12 +15,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from fedsim.config import Scenario
-from fedsim.errors import ScenarioError
+from fedsim.errors import FedsimError, ScenarioError
 from fedsim.experiment import dataset_for, model_for
 from fedsim.params import flatten_state, unflatten_state
 from fedsim.privacy import DpMechanism, EmpiricalTracker, TheoryTracker
@@ -25,6 +28,9 @@ from fedsim.records import RoundRecord
 from fedsim.seeding import EVALUATION, NOISE, round_rng
 from fedsim.store import RunStore
 from fedsim.strategies import build_aggregator, build_server_optimizer, sample_cohort
+
+if TYPE_CHECKING:
+    from fedsim.canaries.audit import AuditResult
 
 RoundCallback = Callable[[RoundRecord], None]
 
@@ -39,6 +45,14 @@ class RunOutcome:
 
 
 @dataclass(frozen=True)
+class RoundResult:
+    """What one round produced: its record, and its audit when the round was audited."""
+
+    record: RoundRecord
+    audit: AuditResult | None = None
+
+
+@dataclass(frozen=True)
 class TrainedReply:
     """One client's reply to a train request, as the server loop needs it."""
 
@@ -50,11 +64,22 @@ class TrainedReply:
     noise_std: float | None = None  # local DP-SGD: the noise std Opacus used per step
 
 
+@dataclass(frozen=True)
+class CohortReplies:
+    """The replies of a round's cohort, and the clients that failed or did not answer."""
+
+    replies: list[TrainedReply]
+    failed: dict[int, str] = field(default_factory=dict)  # client id -> why
+
+
 class Transport(Protocol):
     """How the round loop reaches clients: Flower's Grid, or in-process calls."""
 
-    def train(self, *, round_number: int, state: dict[str, Any], cohort: np.ndarray) -> list[TrainedReply]:
-        """Train each client of the cohort from ``state``."""
+    def train(
+        self, *, round_number: int, state: dict[str, Any], cohort: np.ndarray, timeout_s: float | None
+    ) -> CohortReplies:
+        """Train each client of the cohort from ``state``; clients that raise, or have not
+        answered after ``timeout_s`` seconds, are reported as failed."""
 
     def evaluate(self, *, round_number: int, state: dict[str, Any], client_ids: np.ndarray) -> tuple[float, int, int]:
         """Summed loss, correct predictions and count over the clients' held-out samples."""
@@ -67,6 +92,7 @@ class RoundLoop:
         self.scenario = scenario
         self.on_round = on_round
         self.store: RunStore | None = None  # attached by the runner once everything validated
+        self.rounds_done = 0
         self.dataset = dataset_for(scenario)
         model = model_for(scenario, self.dataset)
         self.template = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -109,7 +135,7 @@ class RoundLoop:
         rng = round_rng(seed=self.scenario.seed, stream=EVALUATION, round_number=round_number)
         return np.sort(rng.choice(population, size=wanted, replace=False))
 
-    def run_round(self, transport: Transport, round_number: int) -> RoundRecord:
+    def run_round(self, transport: Transport, round_number: int) -> RoundResult:
         """One round: sample, train, aggregate with DP, step, account, evaluate."""
         scenario = self.scenario
         started = time.perf_counter()
@@ -120,8 +146,15 @@ class RoundLoop:
             seed=scenario.seed,
             round_number=round_number,
         )
-        replies = transport.train(round_number=round_number, state=self.state(), cohort=cohort) if len(cohort) else []
-        replies = sorted(replies, key=lambda reply: reply.client_id)
+        answered = (
+            transport.train(
+                round_number=round_number, state=self.state(), cohort=cohort, timeout_s=scenario.round_timeout_s
+            )
+            if len(cohort)
+            else CohortReplies(replies=[])
+        )
+        self._check_replies(round_number, cohort, answered)
+        replies = sorted(answered.replies, key=lambda reply: reply.client_id)
         dim = self.params.shape[0]
         updates = np.stack([r.trained - self.params for r in replies]) if replies else np.zeros((0, dim))
         norms = np.array([reply.update_norm for reply in replies])
@@ -156,6 +189,7 @@ class RoundLoop:
         columns: dict[str, Any] = {
             "round": round_number,
             "clients": len(cohort),
+            "failures": len(answered.failed),
             "train_loss": float(np.mean([r.train_loss for r in replies])) if replies else None,
             "eval_loss": eval_loss,
             "eval_accuracy": eval_accuracy,
@@ -168,9 +202,20 @@ class RoundLoop:
         }
         if self.empirical is not None:
             columns.update(self._empirical_columns(audit))
-        if audit is not None and self.store is not None:
-            self.store.write_audit(round_number=round_number, arrays=audit.arrays(), summary=audit.summary())
-        return RoundRecord(**columns, seconds=round(time.perf_counter() - started, 4))
+        return RoundResult(RoundRecord(**columns, seconds=round(time.perf_counter() - started, 4)), audit)
+
+    def _check_replies(self, round_number: int, cohort: np.ndarray, answered: CohortReplies) -> None:
+        """Go on with the replies that came, unless fewer than ``min_replies`` of the cohort
+        answered. The accounting stays as sampled: a failed client's participation counts,
+        and the noise is still divided by the expected cohort."""
+        needed = self.scenario.min_replies * len(cohort)
+        if len(answered.replies) < needed:
+            client_id, why = next(iter(answered.failed.items()), (None, "no reply"))
+            raise FedsimError(
+                f"round {round_number}: only {len(answered.replies)} of {len(cohort)} sampled clients answered "
+                f"(min_replies {self.scenario.min_replies:g}); client {client_id}: {' '.join(why.split())[:300]}; "
+                "earlier rounds are kept in the run folder, rerun with --verbose for details"
+            )
 
     def _empirical_columns(self, audit) -> dict[str, Any]:
         """Audit columns of rounds.csv: the gaussian estimate, the threshold method's
@@ -192,16 +237,54 @@ class RoundLoop:
         return columns
 
     def run(self, transport: Transport, outcome: RunOutcome) -> None:
-        """All rounds, each recorded durably before the next begins."""
-        for round_number in range(1, self.scenario.rounds + 1):
+        """The rounds not yet done, each persisted (record, audit, checkpoint) before the
+        next begins."""
+        for round_number in range(self.rounds_done + 1, self.scenario.rounds + 1):
             if outcome.stop.is_set():
                 return
-            row = self.run_round(transport, round_number)
+            result = self.run_round(transport, round_number)
+            self.rounds_done = round_number
             if self.store is not None:
-                self.store.append_round(row)
-            outcome.rows.append(row)
+                self.store.persist(
+                    record=result.record,
+                    audit=result.audit,
+                    checkpoint=self.state_dict() if self._checkpoint_due(round_number) else None,
+                )
+            outcome.rows.append(result.record)
             if self.on_round is not None:
-                self.on_round(row)
+                self.on_round(result.record)
+
+    def _checkpoint_due(self, round_number: int) -> bool:
+        return round_number % self.scenario.checkpoint.every == 0 or round_number == self.scenario.rounds
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next round depends on that is not keyed by (seed, round)."""
+        state: dict[str, Any] = {
+            "round": self.rounds_done,
+            "params": self.params.astype(np.float32),
+            "optimizer": self.optimizer.state_dict(),
+            "aggregator": self.aggregator.state_dict(),
+            "theory": self.theory.state_dict(),
+        }
+        if self.empirical is not None:
+            state["empirical"] = self.empirical.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` (a resumed run)."""
+        params = np.asarray(state["params"], dtype=np.float64)
+        if params.shape != self.params.shape:
+            raise FedsimError(
+                f"the checkpoint holds {params.size} parameters, the scenario's model {self.params.size}; "
+                "the run folder's scenario.yaml was changed after the run started"
+            )
+        self.params = params
+        self.rounds_done = int(state["round"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.aggregator.load_state_dict(state["aggregator"])
+        self.theory.load_state_dict(state["theory"])
+        if self.empirical is not None:
+            self.empirical.load_state_dict(state["empirical"])
 
     def _noise_std(self, central_std: float, replies: list[TrainedReply]) -> float | None:
         """Noise std on the averaged update; for local DP-SGD, the mean over the round's

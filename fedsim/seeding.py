@@ -13,6 +13,7 @@ NOISE = 2  # the server's DP noise
 CLIENT = 3  # a client's batch order and DP-SGD noise
 EVALUATION = 4  # which clients are evaluated
 AUDIT = 5  # the canary audit
+FAULTS = 6  # which clients drop out on purpose (scenario faults.dropout)
 
 
 def round_rng(*, seed: int, stream: int, round_number: int, extra: int = 0) -> np.random.Generator:
