@@ -11,7 +11,8 @@ is_test.npy    optional bool per row: a split given by the source (LEAF's train/
 ```
 
 Loaders open the arrays memory-mapped, so building a data set of a million users reads
-only ``offsets`` and ``users``; a client's rows are read when that client trains.
+only ``offsets`` and ``users``; a client's rows are read when that client trains. The
+arrays are read without pickle and the rest is JSON, so nothing read here can run code.
 A folder is written to a temporary sibling and renamed into place, so a killed
 preparation never leaves a half-written store that looks complete.
 """
@@ -155,13 +156,13 @@ class UserStore:
             raise DataError(f"prepared data in {self.folder} is missing or incomplete; prepare it again")
         self.meta = meta
         self.users: list[str] = json.loads((self.folder / "users.json").read_text())
-        self.offsets = np.load(self.folder / "offsets.npy")
+        self.offsets = np.load(self.folder / "offsets.npy", allow_pickle=False)
         self._arrays: dict[str, np.ndarray] = {}
 
     def array(self, key: str) -> np.ndarray:
         """A stored array, memory-mapped (opened on first use)."""
         if key not in self._arrays:
-            self._arrays[key] = np.load(self.folder / f"{key}.npy", mmap_mode="r")
+            self._arrays[key] = np.load(self.folder / f"{key}.npy", mmap_mode="r", allow_pickle=False)
         return self._arrays[key]
 
     def has(self, key: str) -> bool:
