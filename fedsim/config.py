@@ -215,7 +215,9 @@ def _section(loc: tuple[Any, ...]) -> type[BaseModel] | None:
 
 def _detail(model: type[BaseModel], key: str) -> str:
     """What a field allows: its choices, or its description."""
-    field = model.model_fields[key]
+    field = model.model_fields.get(key)
+    if field is None:
+        return ""
     choices = get_args(field.annotation)
     if choices and all(isinstance(choice, str) for choice in choices):
         return "allowed: " + ", ".join(choices)
@@ -230,7 +232,8 @@ def _one_line(error: ValidationError, tree: dict[str, Any]) -> str:
         first["type"] == "value_error" and loc == ("data", "options")
     ):
         data = tree.get("data") if isinstance(tree.get("data"), dict) else {}
-        return describe_option_error(data.get("name", DataConfig().name), {**first, "loc": loc[2:]})
+        name = data.get("name", DataConfig.model_fields["name"].default)
+        return describe_option_error(name, {**first, "loc": loc[2:]})
     key = ".".join(str(p) for p in loc) or "scenario"
     parent = _section(loc[:-1])
     if first["type"] == "extra_forbidden" and parent is not None:

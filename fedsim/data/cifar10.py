@@ -136,7 +136,7 @@ def _verified(raw: bytes, *, what: str, expected: str, fix: str) -> bytes:
     got = hashlib.sha256(raw).hexdigest()
     if got != expected.lower():
         raise DataError(
-            f"{what} has sha256 {got}, not the official {expected.lower()}; it was not read "
+            f"{what} has sha256 {got}, not the expected {expected.lower()}; it was not read "
             f"(damaged or not the official file): {fix}"
         )
     return raw

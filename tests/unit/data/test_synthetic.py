@@ -240,3 +240,17 @@ def test_make_dataset_wrong_option_type_is_a_data_error():
             seed=0,
             options={"alpha": "high"},
         )
+
+
+def test_every_registered_data_set_has_a_loader_that_matches_its_declared_options():
+    from fedsim.data import DATA_OPTIONS, dataset_class
+
+    for name, options in DATA_OPTIONS.items():
+        cls = dataset_class(name)
+        assert cls.name == name
+        assert (cls.input_kind == "long") == (options.inputs == "tokens"), name
+        shape = getattr(cls, "input_shape", None)
+        if shape is not None:
+            assert (len(shape) == 3) == (options.inputs == "images"), name
+    with pytest.raises(DataError, match="did you mean 'digits'"):
+        dataset_class("digit")
