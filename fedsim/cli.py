@@ -13,13 +13,40 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, get_args
 
+import click
 import typer
+import typer.core
 
 from fedsim.config import Sampling
 from fedsim.errors import FedsimError
 
+
+class _OneLineUsageErrors(typer.core.TyperGroup):
+    """Usage mistakes (unknown option, bad choice, missing argument) as one line, exit code 2."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as error:  # `fedsim`, `fedsim data`: the help
+            error.show()
+            sys.exit(error.exit_code)
+        except click.ClickException as error:
+            where = f" (see `{error.ctx.command_path} --help`)" if getattr(error, "ctx", None) else ""
+            typer.echo(f"fedsim: error: {' '.join(error.format_message().split())}{where}", err=True)
+            sys.exit(error.exit_code)
+        except click.Abort:
+            typer.echo("fedsim: aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
-    no_args_is_help=True, add_completion=False, help="Federated-learning simulator that measures privacy."
+    cls=_OneLineUsageErrors,
+    no_args_is_help=True,
+    add_completion=False,
+    help="Federated-learning simulator that measures privacy.",
 )
 privacy_app = typer.Typer(no_args_is_help=True, help="Differential-privacy calculators.")
 app.add_typer(privacy_app, name="privacy")
@@ -218,19 +245,24 @@ DEFAULT_SAMPLING = SamplingChoice("poisson")
 @privacy_app.command("epsilon")
 @friendly
 def privacy_epsilon(
-    sampling_rate: Annotated[float, typer.Option("--sampling-rate", help="q = clients per round / population")],
-    rounds: Annotated[int, typer.Option("--rounds", help="Number of rounds (compositions)")],
-    noise_multiplier: Annotated[float | None, typer.Option("--noise-multiplier", help="Noise multiplier z")] = None,
-    target_epsilon: Annotated[
-        float | None, typer.Option("--target-epsilon", help="Print the z that reaches this epsilon")
+    sampling_rate: Annotated[
+        float,
+        typer.Option("--sampling-rate", min=0, max=1, help="q = clients per round / population"),
+    ],
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Number of rounds (compositions)")],
+    noise_multiplier: Annotated[
+        float | None, typer.Option("--noise-multiplier", min=0, help="Noise multiplier z")
     ] = None,
-    delta: Annotated[float, typer.Option("--delta")] = 1e-5,
+    target_epsilon: Annotated[
+        float | None, typer.Option("--target-epsilon", min=0, help="Print the z that reaches this epsilon")
+    ] = None,
+    delta: Annotated[float, typer.Option("--delta", min=0, max=1)] = 1e-5,
     accountant: Annotated[
         AccountantChoice | None, typer.Option("--accountant", help="pld (default for poisson) or rdp")
     ] = None,
     sampling: Annotated[SamplingChoice, typer.Option("--sampling")] = DEFAULT_SAMPLING,
     population: Annotated[
-        int | None, typer.Option("--population", help="Population size (needed for --sampling fixed)")
+        int | None, typer.Option("--population", min=1, help="Population size (needed for --sampling fixed)")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
 ) -> None:
