@@ -58,6 +58,7 @@ class Replay:
     scores_with: np.ndarray
     scores_without: np.ndarray
     estimates: dict[str, EpsilonEstimate]
+    seed: int  # of the estimators (the threshold method's split, the bootstrap)
 
     def summary(self) -> dict[str, Any]:
         """JSON-able description (without the raw scores)."""
@@ -121,6 +122,7 @@ class AuditResult:
             "tests": int(len(self.scores_with)),
             "noise_multiplier": self.replay.noise_multiplier,
             "epsilon_theory": self.replay.epsilon_theory,
+            "estimator_seed": self.replay.seed,
         }
         for name, estimate in self.estimates.items():
             out[name] = _estimate_summary(estimate)
@@ -200,15 +202,16 @@ class CanaryAuditor:
         )
         # the run store keeps float32 scores: estimate from exactly what it keeps
         with_, without = with_.astype(np.float32).astype(np.float64), without.astype(np.float32).astype(np.float64)
+        seed = int(rng.integers(2**31))  # the threshold split and the bootstrap, kept in the summary
         estimates = {
             method: empirical_epsilon(
-                with_, without, delta=self.mechanism.delta, confidence=self.config.confidence, method=method
+                with_, without, delta=self.mechanism.delta, confidence=self.config.confidence, method=method, seed=seed
             )
             for method in self.config.estimators
         }
         z = aggregator.noise_multiplier
         theory = self.mechanism.round_epsilon(z) if self.mechanism.central else math.inf
-        return Replay(z, theory, with_, without, estimates)
+        return Replay(z, theory, with_, without, estimates, seed)
 
     def _cohorts(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Boolean (tests, n + 1) matrices of the "without" and "with" cohorts over the
