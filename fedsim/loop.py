@@ -42,6 +42,7 @@ class RunOutcome:
     rows: list[RoundRecord] = field(default_factory=list)
     error: BaseException | None = None
     stop: threading.Event = field(default_factory=threading.Event)  # set by the driver on interrupt
+    finished: threading.Event = field(default_factory=threading.Event)  # set when the server loop ends
 
 
 @dataclass(frozen=True)

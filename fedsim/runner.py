@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +34,12 @@ QUIET_ENV = {
 
 
 def quiet_flower(*, verbose: bool) -> None:
-    """Flower sets its logger to DEBUG on import: lower it afterwards unless verbose."""
+    """Flower sets its logger to DEBUG on import: lower it afterwards unless verbose. Quiet
+    means silent: a failing client is counted and reported by fedsim itself, so Flower's
+    own error lines (with Ray's tracebacks) show only with --verbose."""
     from flwr.supercore.logger import update_console_handler
 
-    level = logging.INFO if verbose else logging.ERROR
+    level = logging.INFO if verbose else logging.CRITICAL
     logging.getLogger("flwr").setLevel(level)
     update_console_handler(level=level)
 
@@ -244,23 +248,67 @@ def _interrupted(stop: BaseException) -> str:
     return f"interrupted ({getattr(stop, 'signal_name', 'SIGINT')}); resume with `fedsim resume`"
 
 
+# After the server loop has ended, how long Flower may take to wind down before Ray is
+# stopped under it (a hung client would otherwise keep a worker thread waiting forever).
+WIND_DOWN_S = 30.0
+
+
 def _simulate(*, scenario: Scenario, loop, outcome, address: str | None, verbose: bool) -> None:
-    """Run the loop as a Flower ServerApp against ClientApps on Ray."""
+    """Run the loop as a Flower ServerApp against ClientApps on Ray.
+
+    Flower's simulation runs in a helper thread so that the driver can leave once the
+    server loop has ended: Flower waits for every ClientApp call to return, and a client
+    that hangs never does; its actor is stopped with Ray after ``WIND_DOWN_S``.
+    """
     from flwr.simulation import run_simulation
 
     from fedsim.clients.app import make_client_app
     from fedsim.server import make_server_app
 
     quiet_flower(verbose=verbose)
+    config = backend_config(scenario=scenario, ray_address=address, verbose=verbose)
+    _init_ray(config["init_args"])
     num_nodes = min(scenario.data.num_clients, scenario.ray.num_nodes)
-    run_simulation(
-        server_app=make_server_app(loop=loop, outcome=outcome, expected_nodes=num_nodes),
-        client_app=make_client_app(scenario=scenario),
-        num_supernodes=num_nodes,
-        backend_name="ray",
-        backend_config=backend_config(scenario=scenario, ray_address=address, verbose=verbose),
-        verbose_logging=verbose,
-    )
+    crashed: list[BaseException] = []
+
+    def simulate() -> None:
+        try:
+            run_simulation(
+                server_app=make_server_app(loop=loop, outcome=outcome, expected_nodes=num_nodes),
+                client_app=make_client_app(scenario=scenario),
+                num_supernodes=num_nodes,
+                backend_name="ray",
+                backend_config=config,
+                verbose_logging=verbose,
+            )
+        except BaseException as error:  # noqa: BLE001 - re-raised in the driver's thread
+            crashed.append(error)
+
+    flower = threading.Thread(target=simulate, name="fedsim-flower", daemon=True)
+    flower.start()
+    while flower.is_alive() and not outcome.finished.is_set():
+        flower.join(timeout=0.2)  # short waits keep Ctrl-C and SIGTERM responsive
+    flower.join(timeout=WIND_DOWN_S)
+    if flower.is_alive():
+        import ray
+
+        ray.shutdown()  # stops the actors of clients that never answered
+        flower.join(timeout=WIND_DOWN_S)
+    if crashed and not outcome.finished.is_set():
+        raise crashed[0]
+
+
+def _init_ray(init_args: dict[str, Any]) -> None:
+    """Start (or attach to) Ray here rather than inside Flower's backend, which skips its
+    own ``ray.init`` when Ray is up: ``ray.init`` replaces the SIGTERM handler with one
+    that exits at once, and fedsim's (stop, mark the run interrupted) is put back after it."""
+    import ray
+
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers belong to the main thread; let Flower start Ray
+    handler = signal.getsignal(signal.SIGTERM)
+    ray.init(**init_args)
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _one_line(error: BaseException) -> str:

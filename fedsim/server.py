@@ -8,6 +8,7 @@ chunks of client ids.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -66,7 +67,7 @@ class FlowerTransport:
         for reply in replies:
             client_id = client_of[reply.metadata.reply_to_message_id]
             if reply.has_error():
-                answered.failed[client_id] = str(reply.error.reason)
+                answered.failed[client_id] = _reason(reply.error.reason)
                 continue
             metrics, trained = reply.content["metrics"], reply.content["arrays"]
             answered.replies.append(
@@ -102,10 +103,17 @@ class FlowerTransport:
         return loss, correct, count
 
 
+def _reason(text: str) -> str:
+    """The client's own error message out of Ray's wrapped traceback, on one line."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(text))
+    _, found, message = text.rpartition("Message: ")
+    return " ".join((message if found else text).split())
+
+
 def _raise_client_errors(replies: list[Message], round_number: int, what: str) -> None:
     for reply in replies:
         if reply.has_error():
-            reason = " ".join(str(reply.error.reason).split())[:300]
+            reason = _reason(reply.error.reason)[:300]
             raise FedsimError(
                 f"a client failed during {what} in round {round_number}: {reason}; "
                 "finished rounds are kept in the run folder, rerun with --verbose for details"
@@ -126,5 +134,7 @@ def make_server_app(*, loop: RoundLoop, outcome: RunOutcome, expected_nodes: int
             loop.run(transport, outcome)
         except BaseException as error:  # noqa: BLE001 - handed to the driver
             outcome.error = error
+        finally:
+            outcome.finished.set()
 
     return app

@@ -1,5 +1,6 @@
 """fedsim attaches to an existing Ray cluster (`ray start --head` on 127.0.0.1) and stops it."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -10,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from fedsim.config import load_scenario
+from fedsim.runner import run_scenario
+from fedsim.store import RunStore
 from tests.conftest import BIN
 
 
@@ -71,6 +75,11 @@ def test_run_attached_to_a_ray_head_on_localhost(tmp_path, project_root):
         assert result.returncode == 0, result.stderr[-2000:]
         (folder,) = list((tmp_path / "runs").iterdir())
         assert json.loads((folder / "manifest.json").read_text())["status"] == "completed"
+        # reproducible across engines: the same scenario and seed in-process give the same rounds
+        scenario = load_scenario(folder / "scenario.yaml")
+        local = run_scenario(scenario=scenario, out_dir=tmp_path / "local", engine="inprocess").rows
+        strip = lambda rows: [dataclasses.replace(row, seconds=None) for row in rows]  # noqa: E731
+        assert strip(RunStore.open(folder).rounds()) == strip(local)
         # the run's driver joined the cluster we started: its log is in that cluster's session
         assert list(temp_dir.glob("session_*/logs/python-core-driver-*"))
     finally:
