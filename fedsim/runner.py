@@ -108,12 +108,14 @@ def run_scenario(
     on_round=None,
     on_start=None,
     engine: Literal["flower", "inprocess"] = "flower",
+    run_id: str | None = None,
 ) -> RunResult:
     """Run one scenario end to end and return its run folder and rows.
 
     ``engine="flower"`` (the default) runs Flower's simulation engine on Ray;
     ``engine="inprocess"`` calls the same client code in this process (no Flower, no
     Ray), for debugging and as the per-client-overhead baseline.
+    ``run_id`` names the run folder (default: date, time, scenario name, random hex).
     Everything that can be checked is checked before the run folder is created. Each
     finished round is durable in ``rounds.csv``; the manifest's status says how the run
     ended (completed, failed, interrupted).
@@ -130,7 +132,7 @@ def run_scenario(
     # small per-client models train fastest on one thread; Ray workers own the other cores
     torch.set_num_threads(1)
     loop = RoundLoop(scenario=scenario, on_round=on_round)  # builds data, model, strategy
-    store = RunStore.create(parent=out_dir, scenario=scenario)
+    store = RunStore.create(parent=out_dir, scenario=scenario, run_id=run_id)
     loop.store = store
     if on_start is not None:
         on_start(store)

@@ -75,10 +75,18 @@ class RunStore:
         return self.path / "rounds.csv"
 
     @classmethod
-    def create(cls, *, parent: Path, scenario: Scenario) -> RunStore:
-        """Make ``parent/<run-id>/`` with the resolved scenario and a running manifest."""
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_id = f"{stamp}-{scenario.name}-{secrets.token_hex(3)}"
+    def create(cls, *, parent: Path, scenario: Scenario, run_id: str | None = None) -> RunStore:
+        """Make ``parent/<run-id>/`` with the resolved scenario and a running manifest.
+
+        ``run_id`` names the folder (``fedsim sweep`` names runs after their overrides);
+        by default it is ``<date>-<time>-<scenario name>-<random hex>``. An existing
+        folder is never reused.
+        """
+        if run_id is None:
+            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            run_id = f"{stamp}-{scenario.name}-{secrets.token_hex(3)}"
+        elif not run_id or run_id in (".", "..") or "/" in run_id or os.sep in run_id:
+            raise FedsimError(f"run id {run_id!r} is not a folder name; use letters, digits, '.', '_', '=', '-'")
         try:
             path = Path(parent) / run_id
             path.mkdir(parents=True)
@@ -168,6 +176,14 @@ class RunStore:
             write_json_atomic(self.manifest_path, manifest)
 
     def rounds(self) -> list[RoundRecord]:
-        """The rounds recorded so far, typed (None where a cell is empty)."""
+        """The rounds recorded so far, typed (None where a cell is empty).
+
+        A last line without its line end is a row still being written by the running
+        process: it is left out rather than read half-written.
+        """
         with open(self.rounds_path, newline="") as handle:
-            return [from_cells(row) for row in csv.DictReader(handle)]
+            text = handle.read()
+        lines = text.splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            lines = lines[:-1]
+        return [from_cells(row) for row in csv.DictReader(lines)]
