@@ -8,8 +8,9 @@ Serves on 127.0.0.1 unless told otherwise.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import logging
-import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -360,19 +361,35 @@ def _run_path(runs_dir: Path, run_id: str | None) -> Path | None:
     return None
 
 
+def _check_address(host: str, port: int) -> None:
+    """Fail with one line when ``host:port`` cannot be bound (werkzeug would print its own
+    lines and exit instead)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror:
+        raise FedsimError(f"--host {host!r} is not an address of this machine; pass e.g. 127.0.0.1") from None
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise FedsimError(
+                    f"port {port} on {host} is in use; pass another with --port (e.g. --port {port + 1})"
+                ) from None
+            raise FedsimError(
+                f"cannot listen on {host}:{port} ({error.strerror}); pass another --host or --port"
+            ) from None
+
+
 def make_server(*, app: Dash, host: str = "127.0.0.1", port: int = 8050) -> Any:
     """A threaded WSGI server for ``app``, bound now (``port=0`` picks a free port):
     call ``serve_forever()`` on it, ``shutdown()`` from another thread to stop it."""
     from werkzeug.serving import make_server as werkzeug_server
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    _check_address(host, port)
     try:
         return werkzeug_server(host, port, app.server, threaded=True)
-    except OSError as error:
-        if getattr(error, "errno", None) in (98, 48, 10048):  # EADDRINUSE on Linux, macOS, Windows
-            raise FedsimError(
-                f"port {port} on {host} is in use; pass another with --port (e.g. --port {port + 1})"
-            ) from None
-        raise FedsimError(
-            f"cannot serve on {host}:{port} ({os.strerror(error.errno) if error.errno else error}); pass another --host or --port"
-        ) from None
+    except SystemExit:  # werkzeug reports a failed bind itself, then exits
+        raise FedsimError(f"cannot listen on {host}:{port}; pass another --host or --port") from None
