@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
-from dash import Dash, Input, Output, State, ctx, dcc, html
+from dash import Dash, Input, Output, State, dcc, html
 from dash.exceptions import PreventUpdate
 
 from fedsim import figures
@@ -212,6 +212,14 @@ def create_app(*, runs_dir: Path, refresh_s: float = 3.0) -> Dash:
         ],
     )
 
+    @app.callback(Output("signature", "data"), Input("tick", "n_intervals"), State("signature", "data"))
+    def watch(_tick, previous):
+        """Cheap: stat the run folders; the page redraws only when something changed."""
+        signature = repr(_signature(runs_dir))
+        if signature == previous:
+            raise PreventUpdate
+        return signature
+
     @app.callback(
         Output("runs-table", "children"),
         Output("status-line", "children"),
@@ -223,35 +231,18 @@ def create_app(*, runs_dir: Path, refresh_s: float = 3.0) -> Dash:
         Output("training", "figure"),
         Output("privacy-utility", "figure"),
         Output("clipping", "figure"),
-        Output("signature", "data"),
-        Input("tick", "n_intervals"),
+        Input("signature", "data"),
         Input("filter-field", "value"),
         Input("filter-values", "value"),
         Input("run-select", "value"),
-        State("signature", "data"),
     )
-    def overview(_tick, field, values, chosen, previous):
-        signature = repr(_signature(runs_dir))
-        if ctx.triggered_id == "tick" and signature == previous:
-            raise PreventUpdate  # nothing changed on disk
+    def overview(_signature, field, values, chosen):
         runs = _load(runs_dir)
         now = dt.datetime.now().strftime("%H:%M:%S")
         if runs.empty:
             message = f"No runs in {runs_dir} yet: start one with `fedsim run SCENARIO --out {runs_dir}`."
             empty = _empty(message)
-            return (
-                html.P(message),
-                f"{runs_dir} · read {now}",
-                [],
-                [],
-                [],
-                empty,
-                empty,
-                empty,
-                empty,
-                empty,
-                signature,
-            )
+            return (html.P(message), f"{runs_dir} · read {now}", [], [], [], *[empty] * 5)
         value_options = sorted(runs[field].astype(str).unique().tolist()) if field and field in runs else []
         filtered = _filtered(runs, field=field, values=values)
         run_ids = list(dict.fromkeys(filtered["run_id"]))
@@ -275,7 +266,6 @@ def create_app(*, runs_dir: Path, refresh_s: float = 3.0) -> Dash:
             _keep_zoom(figures.training(shown)),
             _keep_zoom(figures.privacy_utility(table)),
             _keep_zoom(figures.clipping(shown)),
-            signature,
         )
 
     @app.callback(

@@ -354,7 +354,7 @@ def score_histograms(
         figure.add_vline(
             x=threshold,
             line={"color": "black", "dash": "dash", "width": 1.5},
-            annotation_text=f"threshold {threshold:.3g}: above it the attack says “canary present”",
+            annotation_text=f"threshold t = {threshold:.3g} chosen by the threshold method (attack: canary present iff s > t)",
             annotation_position="top left",
             annotation_font_size=11,
         )

@@ -121,7 +121,7 @@ def test_score_histograms_are_densities_with_the_threshold_marked():
         assert float(np.sum(trace.y) * trace.width) == pytest.approx(1.0)
     (line,) = figure.layout.shapes
     assert line.x0 == line.x1 == 1.25
-    assert "1.25" in figure.layout.annotations[0].text
+    assert "t = 1.25" in figure.layout.annotations[0].text
 
 
 def test_what_if_curve_draws_theory_estimate_and_bound_against_noise():
