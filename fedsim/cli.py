@@ -288,17 +288,17 @@ def sweep(
     def on_event(kind: str, run, folder: Path, detail: str) -> None:
         where = f"[{position[run.name]}/{len(plan)}] {run.name}"
         if kind == "skip":
-            console.print(f"{where}: completed earlier, skipped", highlight=False)
+            console.print(f"{where}: completed earlier, skipped", highlight=False, soft_wrap=True)
         elif kind == "moved":
-            console.print(f"{where}: unfinished folder moved aside to {detail}", highlight=False)
+            console.print(f"{where}: unfinished folder moved aside to {detail}", highlight=False, soft_wrap=True)
         elif kind == "start":
-            console.print(f"{where}: running", highlight=False)
+            console.print(f"{where}: running", highlight=False, soft_wrap=True)
             current["progress"] = RunProgress(console=console, scenario=run.scenario, label=run.name)
             current["progress"].progress.start()
         elif kind in ("done", "failed"):
             current["progress"].progress.stop()
             if kind == "failed":
-                console.print(f"{where}: failed: {detail}", highlight=False)
+                console.print(f"{where}: failed: {detail}", highlight=False, soft_wrap=True)
 
     def on_round(row) -> None:
         current["progress"].on_round(row)

@@ -2,6 +2,7 @@
 in-process runs: the charts show the values of each run's rounds.csv."""
 
 import base64
+import json
 import os
 import shutil
 import threading
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedsim.canaries.estimators import empirical_epsilon
 from fedsim.records import RoundRecord
 from fedsim.store import RunStore
 
@@ -22,6 +24,11 @@ ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+]
+WHAT_IF = [
+    {"noise_multiplier": z, "epsilon_theory": theory, "epsilon_empirical": estimate, "ci_low": estimate - 0.5}
+    | {"ci_high": estimate + 0.5, "lower_bound": estimate / 2}
+    for z, theory, estimate in ((0.5, 11.0, 9.0), (1.0, 4.8, 4.0), (2.0, 2.5, 2.0))
 ]
 TRACES = """sel => Array.from(document.querySelector(sel).data || []).map(t => ({
     name: t.name, group: t.legendgroup, x: t.x, y: t.y}))"""
@@ -66,6 +73,11 @@ def dashboard(tmp_path, audited_runs):
     runs = tmp_path / "runs"
     for folder in audited_runs:
         shutil.copytree(folder, runs / folder.name)
+    # what-if points as the audit writes them into a round's summary
+    summary_path = RunStore.open(runs / audited_runs[0].name).audit_path(3).with_suffix(".json")
+    summary = json.loads(summary_path.read_text())
+    summary["what_if"] = WHAT_IF
+    summary_path.write_text(json.dumps(summary))
     server = make_server(app=create_app(runs_dir=runs, refresh_s=0.5), host="127.0.0.1", port=0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -105,6 +117,20 @@ def test_dashboard_charts_show_both_runs_values_and_follow_a_running_run(browser
         legend = page.text_content(f"{chart} .legend")
         assert all(run_id in legend for run_id in run_ids)
         assert page.locator(f"{chart} .scatterlayer .trace path.js-line").count() >= 4
+    # the chosen audited round (default: the first run's last): scores, threshold, what-if
+    page.wait_for_function("() => document.querySelector('#what-if .js-plotly-plot')?.data?.length === 3")
+    histogram = page.evaluate("() => document.querySelector('#score-histograms .js-plotly-plot').layout.shapes")
+    arrays, _ = stores[0].read_audit(3)
+    threshold = empirical_epsilon(arrays["scores_with"], arrays["scores_without"], delta=1e-5, method="threshold")
+    assert histogram[0]["x0"] == pytest.approx(threshold.threshold)
+    what_if = page.evaluate(TRACES, "#what-if .js-plotly-plot")
+    assert [trace["name"] for trace in what_if] == [
+        "theory (upper bound)",
+        "empirical estimate, 95% CI",
+        "audit lower bound (threshold method)",
+    ]
+    assert list(_values(what_if[0]["x"])) == [0.5, 1.0, 2.0] and list(_values(what_if[0]["y"])) == [11.0, 4.8, 2.5]
+    assert list(_values(what_if[1]["y"])) == [9.0, 4.0, 2.0]
     table = page.text_content("#compare-table")
     assert all(run_id in table for run_id in run_ids) and table.count("completed") == 2
     page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
