@@ -22,7 +22,7 @@ from dash.exceptions import PreventUpdate
 from fedsim import figures
 from fedsim.compare import COMPARE_COLUMNS, compare_table, format_cell
 from fedsim.errors import FedsimError
-from fedsim.results import SCENARIO_FIELDS, find_runs, load_audit, load_runs, load_what_if
+from fedsim.results import SCENARIO_FIELDS, audited_rounds, find_runs, load_audit, load_runs, load_what_if
 
 __all__ = ["LOCAL_HOSTS", "create_app", "make_server"]
 
@@ -289,9 +289,7 @@ def create_app(*, runs_dir: Path, refresh_s: float = 3.0) -> Dash:
         path = _run_path(runs_dir, run_id)
         if path is None:
             return [], None
-        from fedsim.store import RunStore
-
-        rounds = RunStore.open(path).audited_rounds()
+        rounds = audited_rounds(path)
         options = [{"label": f"round {r}", "value": r} for r in rounds]
         value = current if current in rounds else (rounds[-1] if rounds else None)
         return options, value

@@ -55,10 +55,10 @@ def parse_grid(items: Sequence[str]) -> list[tuple[str, list[str]]]:
     return grid
 
 
-def run_name(scenario_name: str, overrides: Sequence[tuple[str, str]]) -> str:
+def run_name(*, scenario: str, overrides: Sequence[tuple[str, str]]) -> str:
     """Deterministic, filesystem-safe folder name of one combination; where characters
     had to be replaced, or the name is long, a hash of the overrides keeps it unique."""
-    raw = "__".join([scenario_name, *(f"{key}={value}" for key, value in overrides)])
+    raw = "__".join([scenario, *(f"{key}={value}" for key, value in overrides)])
     name = _UNSAFE.sub("_", raw)
     if name != raw or len(name) > _MAX_NAME:
         digest = hashlib.sha256(raw.encode()).hexdigest()[:8]
@@ -90,7 +90,9 @@ def plan_sweep(*, scenario_path: Path, grid: Sequence[str], overrides: Sequence[
         scenario = load_scenario(
             scenario_path, overrides=[*overrides, *(f"{key}={value}" for key, value in combination)]
         )
-        plan.append(SweepRun(name=run_name(base.name, combination), overrides=combination, scenario=scenario))
+        plan.append(
+            SweepRun(name=run_name(scenario=base.name, overrides=combination), overrides=combination, scenario=scenario)
+        )
     return plan
 
 

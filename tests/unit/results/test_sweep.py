@@ -106,13 +106,13 @@ def test_interrupted_sweep_restarts_without_redoing_finished_runs(tmp_path, proj
 
 
 def test_names_are_deterministic_and_filesystem_safe():
-    assert run_name("quickstart", [("dp.mode", "none"), ("dp.noise_multiplier", "0.5")]) == (
+    assert run_name(scenario="quickstart", overrides=[("dp.mode", "none"), ("dp.noise_multiplier", "0.5")]) == (
         "quickstart__dp.mode=none__dp.noise_multiplier=0.5"
     )
-    odd = run_name("s", [("data.root", "/data/x y")])
-    assert "/" not in odd and " " not in odd and odd == run_name("s", [("data.root", "/data/x y")])
-    assert odd != run_name("s", [("data.root", "_data_x_y")])  # replaced characters never collide
-    assert len(run_name("s", [("data.root", "x" * 500)])) <= 200
+    odd = run_name(scenario="s", overrides=[("data.root", "/data/x y")])
+    assert "/" not in odd and " " not in odd and odd == run_name(scenario="s", overrides=[("data.root", "/data/x y")])
+    assert odd != run_name(scenario="s", overrides=[("data.root", "_data_x_y")])  # replaced characters never collide
+    assert len(run_name(scenario="s", overrides=[("data.root", "x" * 500)])) <= 200
     assert parse_grid(["dp.mode=none,server_fixed", "seed = 1"]) == [
         ("dp.mode", ["none", "server_fixed"]),
         ("seed", ["1"]),
