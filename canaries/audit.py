@@ -8,17 +8,22 @@ and spend no privacy budget:
 3. the canary client's update: real local training on the canary sample (or the crafted
    direction scaled past the clip norm), clipped as its client would clip it;
 4. test: many "without" aggregates (a cohort re-drawn from the round's cached trained
-   updates, released through the strategy's own clip-sum-noise code with fresh noise)
-   and "with" aggregates (the same cohort plus the canary client: add/remove adjacency,
-   as the accountant assumes); statistic s = <v, U> / |c| for the canary's clipped
-   update c = |c| v, computed by the strategy's ``release_scores`` (the projection of
-   its release, without materialising d-dimensional noise for every test);
-5. estimate the empirical epsilon from the two score sets at the scenario's delta.
+   updates, released through the strategy's own ``release`` with fresh noise: the same
+   function that released the real round) and as many "with" aggregates, under the run's
+   adjacency: add/remove (Poisson sampling) adds the canary client to the same cohort,
+   replace-one (fixed cohorts) swaps it for a random member; statistic s = <v, U> / |c|
+   for the canary's clipped update c = |c| v (the release projected on v, without
+   materialising d-dimensional noise for every test);
+5. estimate the empirical epsilon from the two score sets at the scenario's delta;
+6. what-if: the same canary and cohorts released with each of ``audit.noise_multipliers``
+   instead (only the replay noise changes), each with its estimate and its theory.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,26 +36,78 @@ from fedsim.config import Scenario
 from fedsim.data.base import ClientData, FederatedDataset
 from fedsim.experiment import model_for, train_settings
 from fedsim.params import flatten_state, unflatten_state
+from fedsim.privacy import DpMechanism
 from fedsim.seeding import AUDIT, round_rng
 from fedsim.strategies.aggregation import clip_updates
 from fedsim.strategies.dp import Aggregator
 
 
+def _estimate_summary(estimate: EpsilonEstimate) -> dict[str, Any]:
+    out = {"epsilon": estimate.epsilon, "lower": estimate.lower, "upper": estimate.upper}
+    if estimate.threshold is not None:
+        out["threshold"] = estimate.threshold
+    return out
+
+
+@dataclass(frozen=True)
+class Replay:
+    """The canary test at one noise multiplier: raw scores and their estimates."""
+
+    noise_multiplier: float
+    epsilon_theory: float  # this round's release alone at this noise (a bound)
+    scores_with: np.ndarray
+    scores_without: np.ndarray
+    estimates: dict[str, EpsilonEstimate]
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able description (without the raw scores)."""
+        gaussian, threshold = self.estimates.get("gaussian"), self.estimates.get("threshold")
+        return {
+            "noise_multiplier": self.noise_multiplier,
+            "epsilon_theory": self.epsilon_theory,
+            "epsilon_empirical": gaussian.epsilon if gaussian else None,
+            "ci_low": gaussian.lower if gaussian else None,
+            "ci_high": gaussian.upper if gaussian else None,
+            "lower_bound": threshold.lower if threshold else None,
+        }
+
+
 @dataclass(frozen=True)
 class AuditResult:
-    """Everything one attacked round measured (raw scores kept for recomputation)."""
+    """Everything one audited round measured (raw scores kept for recomputation)."""
 
     round: int
     canary: Canary
-    scores_with: np.ndarray
-    scores_without: np.ndarray
+    adjacency: str
     contribution_norm: float  # |clip(u_c)|: the canary client's share of the sum
     clip_norm: float | None
-    estimates: dict[str, EpsilonEstimate] = field(default_factory=dict)
+    replay: Replay  # at the run's own noise
+    what_if: tuple[Replay, ...] = ()
 
-    def summary(self) -> dict:
+    @property
+    def scores_with(self) -> np.ndarray:
+        return self.replay.scores_with
+
+    @property
+    def scores_without(self) -> np.ndarray:
+        return self.replay.scores_without
+
+    @property
+    def estimates(self) -> dict[str, EpsilonEstimate]:
+        return self.replay.estimates
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The raw scores, as the run store keeps them."""
+        arrays = {"scores_with": self.scores_with, "scores_without": self.scores_without}
+        if self.what_if:
+            arrays["what_if_noise_multipliers"] = np.array([r.noise_multiplier for r in self.what_if])
+            arrays["what_if_scores_with"] = np.stack([r.scores_with for r in self.what_if])
+            arrays["what_if_scores_without"] = np.stack([r.scores_without for r in self.what_if])
+        return arrays
+
+    def summary(self) -> dict[str, Any]:
         """JSON-able description (without the raw scores)."""
-        out = {
+        out: dict[str, Any] = {
             "round": self.round,
             "canary": self.canary.kind,
             "canary_health": self.canary.health,
@@ -58,21 +115,27 @@ class AuditResult:
             "loss_final": self.canary.loss_final,
             "gradient_norm": self.canary.gradient_norm,
             "label": self.canary.y,
+            "adjacency": self.adjacency,
             "contribution_norm": self.contribution_norm,
             "clip_norm": self.clip_norm,
             "tests": int(len(self.scores_with)),
+            "noise_multiplier": self.replay.noise_multiplier,
+            "epsilon_theory": self.replay.epsilon_theory,
         }
         for name, estimate in self.estimates.items():
-            out[name] = {"epsilon": estimate.epsilon, "lower": estimate.lower, "upper": estimate.upper}
+            out[name] = _estimate_summary(estimate)
+        if self.what_if:
+            out["what_if"] = [replay.summary() for replay in self.what_if]
         return out
 
 
 class CanaryAuditor:
     """Audits rounds of one scenario with CANIFE canaries."""
 
-    def __init__(self, *, scenario: Scenario, dataset: FederatedDataset) -> None:
+    def __init__(self, *, scenario: Scenario, dataset: FederatedDataset, mechanism: DpMechanism) -> None:
         self.scenario = scenario
         self.dataset = dataset
+        self.mechanism = mechanism
         self.config = scenario.audit
         self.design_ids = dataset.design_pool_ids()[: self.config.design_pool or 20]
 
@@ -104,23 +167,66 @@ class CanaryAuditor:
             design.close()
         if clip_norm is not None:
             update = clip_updates(update[None], clip_norm=clip_norm)[0]  # as the canary's client clips
-        contribution = float(np.linalg.norm(update))
-        direction = update / max(contribution, 1e-12)
-        scores_with, scores_without = self._test(
-            cohort_updates=cohort_updates,
-            canary_update=update,
-            direction=direction,
-            scale=contribution,
-            aggregator=aggregator,
-            rng=rng,
+        return AuditResult(
+            round=round_number,
+            canary=canary,
+            adjacency=self.mechanism.adjacency,
+            contribution_norm=float(np.linalg.norm(update)),
+            clip_norm=clip_norm,
+            replay=self.replay(cohort_updates=cohort_updates, canary_update=update, aggregator=aggregator, rng=rng),
+            what_if=tuple(
+                self.replay(
+                    cohort_updates=cohort_updates,
+                    canary_update=update,
+                    aggregator=aggregator.with_noise_multiplier(noise_multiplier),
+                    rng=rng,
+                )
+                for noise_multiplier in config.noise_multipliers
+            ),
         )
+
+    def replay(
+        self, *, cohort_updates: np.ndarray, canary_update: np.ndarray, aggregator: Aggregator, rng: np.random.Generator
+    ) -> Replay:
+        """The canary test of one round through ``aggregator.release``: ``audit.tests``
+        "without" and "with" releases over cohorts re-drawn from ``cohort_updates`` (n, d),
+        scored s = <v, U> / |c| for the canary client's (clipped) update c = |c| v."""
+        contribution = float(np.linalg.norm(canary_update))
+        direction = canary_update / max(contribution, 1e-12)
+        pool = np.vstack([cohort_updates, canary_update[None]])  # the canary client is the last row
+        without, with_ = (
+            aggregator.release(pool, include=include, direction=direction, rng=rng) / contribution
+            for include in self._cohorts(len(cohort_updates), rng)
+        )
+        # the run store keeps float32 scores: estimate from exactly what it keeps
+        with_, without = with_.astype(np.float32).astype(np.float64), without.astype(np.float32).astype(np.float64)
         estimates = {
             method: empirical_epsilon(
-                scores_with, scores_without, delta=scenario.dp.delta, confidence=config.confidence, method=method
+                with_, without, delta=self.mechanism.delta, confidence=self.config.confidence, method=method
             )
-            for method in config.estimators
+            for method in self.config.estimators
         }
-        return AuditResult(round_number, canary, scores_with, scores_without, contribution, clip_norm, estimates)
+        z = aggregator.noise_multiplier
+        theory = self.mechanism.round_epsilon(z) if self.mechanism.central else math.inf
+        return Replay(z, theory, with_, without, estimates)
+
+    def _cohorts(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Boolean (tests, n + 1) matrices of the "without" and "with" cohorts over the
+        round's n updates and the canary client (the last column), under the run's
+        adjacency: add/remove re-draws cohorts with the run's rate and adds the canary
+        client; replace-one keeps the fixed cohort and swaps a random member for it."""
+        tests = self.config.tests
+        without = np.zeros((tests, n + 1), dtype=bool)
+        if self.mechanism.adjacency == "add_or_remove_one":
+            without[:, :n] = rng.random((tests, n)) < min(1.0, self.scenario.clients_per_round / max(n, 1))
+            with_ = without.copy()
+        else:
+            without[:, :n] = True
+            with_ = without.copy()
+            if n:
+                with_[np.arange(tests), rng.integers(n, size=tests)] = False
+        with_[:, -1] = True
+        return without, with_
 
     def _canary(
         self, *, start, params, design: DesignPool, clip_norm: float | None, seed: int
@@ -155,21 +261,3 @@ class CanaryAuditor:
         data = ClientData(x_train=x, y_train=y, x_test=x[:0], y_test=y[:0])
         train_client(model=model, data=data, settings=train_settings(scenario), seed=seed)
         return canary, flatten_state(model.state_dict()) - params
-
-    def _test(
-        self, *, cohort_updates, canary_update, direction, scale, aggregator: Aggregator, rng
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Scores of many aggregates without and with the canary client (fresh noise each)."""
-        tests = self.config.tests
-        pool = np.vstack([cohort_updates, canary_update[None]])  # the canary client is the last row
-        rate = min(1.0, self.scenario.clients_per_round / max(len(cohort_updates), 1))
-        include = np.zeros((tests, len(pool)), dtype=bool)
-        include[:, :-1] = rng.random((tests, len(cohort_updates))) < rate  # re-drawn cohorts
-        scores_without = aggregator.release_scores(pool, include=include, direction=direction, rng=rng)
-        include[:, -1] = True  # the same cohorts plus the canary client, fresh noise
-        scores_with = aggregator.release_scores(pool, include=include, direction=direction, rng=rng)
-        # the run store keeps float32 scores: estimate from exactly what it keeps
-        return (
-            (scores_with / scale).astype(np.float32).astype(np.float64),
-            (scores_without / scale).astype(np.float32).astype(np.float64),
-        )

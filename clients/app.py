@@ -14,8 +14,9 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 
-from fedsim.clients.work import evaluate_many, train_one
+from fedsim.clients.work import evaluate_many, train_sampled
 from fedsim.config import Scenario
+from fedsim.privacy import DpMechanism
 
 torch.set_num_threads(1)  # one Ray actor per CPU: no oversubscription
 
@@ -23,12 +24,12 @@ torch.set_num_threads(1)  # one Ray actor per CPU: no oversubscription
 def make_client_app(*, scenario: Scenario) -> ClientApp:
     """A ClientApp that trains and evaluates the scenario's logical clients."""
     app = ClientApp()
-    mods = [fixedclipping_mod] if scenario.dp.mode == "client_fixed" else []
+    mods = [fixedclipping_mod] if DpMechanism.from_scenario(scenario).client_clips else []
 
     @app.train(mods=mods)
     def train(msg: Message, context: Context) -> Message:
         config = msg.content["config"]
-        trained = train_one(
+        trained = train_sampled(
             scenario=scenario,
             start=msg.content["arrays"].to_torch_state_dict(),
             client_id=int(config["client-id"]),
@@ -40,6 +41,8 @@ def make_client_app(*, scenario: Scenario) -> ClientApp:
             "train-loss": trained.train_loss,
             "update-norm": trained.update_norm,  # before the mod's client-side clipping
         }
+        if trained.noise_std is not None:
+            metrics["noise-std"] = trained.noise_std
         return Message(
             RecordDict({"arrays": ArrayRecord(trained.state), "metrics": MetricRecord(metrics)}),
             reply_to=msg,

@@ -36,6 +36,8 @@ class TrainResult:
 
     num_examples: int
     mean_loss: float
+    #: DP-SGD: std of the noise Opacus added to each step's mean gradient (None without)
+    noise_std: float | None = None
 
 
 def _optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
@@ -84,17 +86,25 @@ def _train(*, model: nn.Module, data: ClientData, settings: TrainSettings, seed:
         warnings.simplefilter("ignore")
         for _ in range(settings.epochs):
             for x, y in loader:
-                if len(y) == 0:  # Poisson batches can be empty
-                    continue
                 optimizer.zero_grad()
+                if len(y) == 0:
+                    # an empty Poisson batch still takes a step: under DP-SGD Opacus adds
+                    # noise to the zero gradient, as the accountant assumes
+                    if trained is model:
+                        continue
+                    nn.functional.cross_entropy(trained(x), y, reduction="sum").backward()  # 0, no NaN
+                    optimizer.step()
+                    continue
                 loss = loss_fn(trained(x), y)
                 loss.backward()
                 optimizer.step()
                 total_loss += float(loss)
                 batches += 1
+    noise_std = None
     if trained is not model:
         trained.remove_hooks()  # the Opacus wrapper trained ``model``'s own parameters
-    return TrainResult(num_examples=data.num_train, mean_loss=total_loss / max(batches, 1))
+        noise_std = optimizer.noise_multiplier * optimizer.max_grad_norm / optimizer.expected_batch_size
+    return TrainResult(num_examples=data.num_train, mean_loss=total_loss / max(batches, 1), noise_std=noise_std)
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedsim.clients.faults import inject_faults
 from fedsim.clients.training import evaluate_client, train_client
 from fedsim.config import Scenario
 from fedsim.experiment import dataset_for, model_for, train_settings
@@ -27,6 +28,7 @@ class TrainedClient:
     num_examples: int
     train_loss: float
     update_norm: float  # L2 norm of (trained - start), before any clipping
+    noise_std: float | None = None  # local DP-SGD: the noise std Opacus used per step
 
 
 def train_one(
@@ -44,7 +46,16 @@ def train_one(
     )
     trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
     norm = float(np.linalg.norm(flatten_state(trained) - flatten_state(start)))
-    return TrainedClient(client_id, trained, result.num_examples, result.mean_loss, norm)
+    return TrainedClient(client_id, trained, result.num_examples, result.mean_loss, norm, result.noise_std)
+
+
+def train_sampled(
+    *, scenario: Scenario, start: dict[str, torch.Tensor], client_id: int, round_number: int
+) -> TrainedClient:
+    """A sampled client's work in a round: :func:`train_one`, unless the scenario's
+    ``faults`` make this client fail or hang (design-pool users never do)."""
+    inject_faults(faults=scenario.faults, seed=scenario.seed, client_id=client_id, round_number=round_number)
+    return train_one(scenario=scenario, start=start, client_id=client_id, round_number=round_number)
 
 
 def evaluate_many(

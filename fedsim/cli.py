@@ -11,14 +11,42 @@ import signal
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
+import click
 import typer
+import typer.core
 
+from fedsim.config import Sampling
 from fedsim.errors import FedsimError
 
+
+class _OneLineUsageErrors(typer.core.TyperGroup):
+    """Usage mistakes (unknown option, bad choice, missing argument) as one line, exit code 2."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as error:  # `fedsim`, `fedsim data`: the help
+            error.show()
+            sys.exit(error.exit_code)
+        except click.ClickException as error:
+            where = f" (see `{error.ctx.command_path} --help`)" if getattr(error, "ctx", None) else ""
+            typer.echo(f"fedsim: error: {' '.join(error.format_message().split())}{where}", err=True)
+            sys.exit(error.exit_code)
+        except click.Abort:
+            typer.echo("fedsim: aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
-    no_args_is_help=True, add_completion=False, help="Federated-learning simulator that measures privacy."
+    cls=_OneLineUsageErrors,
+    no_args_is_help=True,
+    add_completion=False,
+    help="Federated-learning simulator that measures privacy.",
 )
 privacy_app = typer.Typer(no_args_is_help=True, help="Differential-privacy calculators.")
 app.add_typer(privacy_app, name="privacy")
@@ -48,9 +76,12 @@ def friendly(command):
 
 
 def _quiet_interrupt(signum: int, frame: object) -> None:
-    """Ctrl-C: silence Flower before its worker threads report the stopped Ray actors."""
+    """Ctrl-C or SIGTERM: silence Flower before its worker threads report the stopped Ray
+    actors, and stop the run (every finished round is already on disk)."""
+    from fedsim.runner import Interrupted
+
     logging.getLogger("flwr").setLevel(logging.CRITICAL + 1)
-    raise KeyboardInterrupt
+    raise Interrupted(signal.Signals(signum).name)
 
 
 class EngineChoice(str, Enum):
@@ -70,12 +101,13 @@ class RunProgress:
     """The progress bar of one run (round, accuracy, theoretical epsilon and, when the
     audit is on, the empirical one beside it) and its closing summary."""
 
-    def __init__(self, *, console, scenario, label: str | None = None) -> None:
+    def __init__(self, *, console, name: str, rounds: int, delta: float, audited: bool) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.console = console
-        self.scenario = scenario
-        self.audited = scenario.audit.enabled
+        self.rounds = rounds
+        self.delta = delta
+        self.audited = audited
         self.last_audited = None
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -86,9 +118,7 @@ class RunProgress:
             console=console,
             disable=not console.is_terminal,
         )
-        self.task = self.progress.add_task(
-            f"{label or scenario.name} round", total=scenario.rounds, acc="-", eps=self._epsilon(None)
-        )
+        self.task = self.progress.add_task(f"{name} round", total=rounds, acc="-", eps=self._epsilon(None))
 
     def _epsilon(self, row) -> str:
         theory = f"ε theory {_fmt(row.epsilon_cumulative_theory, 2) if row else '-'}"
@@ -109,7 +139,7 @@ class RunProgress:
         self.progress.update(self.task, advance=1, acc=_fmt(row.eval_accuracy), eps=self._epsilon(row))
         if not self.console.is_terminal:
             self.console.print(
-                f"round {row.round}/{self.scenario.rounds}  clients {row.clients}  "
+                f"round {row.round}/{self.rounds}  clients {row.clients}  "
                 f"acc {_fmt(row.eval_accuracy)}  {self._epsilon(row)}",
                 highlight=False,
                 soft_wrap=True,
@@ -120,7 +150,7 @@ class RunProgress:
         last = rows[-1]
         lines = [
             f"done: {len(rows)} rounds, final accuracy {_fmt(last.eval_accuracy)}, "
-            f"epsilon {_fmt(last.epsilon_cumulative_theory, 2)} at delta {self.scenario.dp.delta:g} (theory, upper bound)"
+            f"epsilon {_fmt(last.epsilon_cumulative_theory, 2)} at delta {self.delta:g} (theory, upper bound)"
         ]
         if self.audited:
             audited = self.last_audited
@@ -158,35 +188,92 @@ def run(
     ] = None,
 ) -> None:
     """Run a scenario: DP federated training on Flower + Ray, with per-round epsilon."""
-    from rich.console import Console
-
     from fedsim.config import load_scenario
     from fedsim.runner import run_scenario
 
     resolved = load_scenario(scenario, overrides=set_ or [])
+    _with_progress(
+        name=resolved.name,
+        rounds=resolved.rounds,
+        delta=resolved.dp.delta,
+        audited=resolved.audit.enabled,
+        where=out,
+        execute=lambda on_round, on_start: run_scenario(
+            scenario=resolved,
+            out_dir=out,
+            ray_address=ray_address,
+            verbose=verbose,
+            on_round=on_round,
+            on_start=on_start,
+            engine=(engine or EngineChoice.flower).value,
+        ),
+    )
+
+
+@app.command()
+@friendly
+def resume(
+    run_folder: Annotated[Path, typer.Argument(help="The run folder to continue, e.g. runs/<run-id>")],
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="Attach to a running Ray cluster (HOST:PORT)")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower and Ray logs")] = False,
+    engine: Annotated[EngineChoice | None, typer.Option("--engine", help="flower (default) or inprocess")] = None,
+) -> None:
+    """Continue an interrupted or failed run from its last checkpoint."""
+    import yaml
+
+    from fedsim.runner import resume_run
+    from fedsim.store import RunStore
+
+    store = RunStore.open(run_folder)
+    if store.manifest()["status"] == "completed":
+        typer.echo(f"run {store.run_id} is already completed; nothing to resume ({store.path})")
+        return
+    planned = yaml.safe_load((store.path / "scenario.yaml").read_text(encoding="utf-8"))
+    _with_progress(
+        name=store.run_id,
+        rounds=int(planned["rounds"]),
+        delta=float(planned["dp"]["delta"]),
+        audited=bool(planned.get("audit", {}).get("enabled")),
+        where=run_folder,
+        execute=lambda on_round, on_start: resume_run(
+            path=run_folder,
+            ray_address=ray_address,
+            verbose=verbose,
+            on_round=on_round,
+            on_start=on_start,
+            engine=(engine or EngineChoice.flower).value,
+        ),
+    )
+
+
+def _with_progress(*, name: str, rounds: int, delta: float, audited: bool, where: Path, execute) -> None:
+    """Run ``execute(on_round, on_start)`` under a progress bar; Ctrl-C and SIGTERM stop it
+    with every finished round kept (exit code 130)."""
+    from rich.console import Console
+
     signal.signal(signal.SIGINT, _quiet_interrupt)
+    signal.signal(signal.SIGTERM, _quiet_interrupt)
     console = Console(stderr=True)
-    progress = RunProgress(console=console, scenario=resolved)
+    progress = RunProgress(console=console, name=name, rounds=rounds, delta=delta, audited=audited)
     started: dict[str, Any] = {}
 
     def on_start(store) -> None:
         started["store"] = store
+        progress.progress.update(progress.task, completed=store.manifest()["rounds_completed"])
         console.print(f"run folder: {store.path}")
 
     try:
         with progress.progress:
-            result = run_scenario(
-                scenario=resolved,
-                out_dir=out,
-                ray_address=ray_address,
-                verbose=verbose,
-                on_round=progress.on_round,
-                on_start=on_start,
-                engine=(engine or EngineChoice.flower).value,
-            )
+            result = execute(progress.on_round, on_start)
     except KeyboardInterrupt:
-        where = started.get("store")
-        typer.echo(f"fedsim: interrupted; finished rounds are kept in {where.path if where else out}", err=True)
+        store = started.get("store")
+        typer.echo(
+            f"fedsim: interrupted; finished rounds are kept in {store.path if store else where}"
+            + (f"; continue with `fedsim resume {store.path}`" if store else ""),
+            err=True,
+        )
         # Flower's server thread may be blocked waiting for replies that will never come;
         # every finished round is already on disk, so leave without waiting for it.
         sys.stdout.flush()
@@ -281,6 +368,7 @@ def sweep(
 
     plan = plan_sweep(scenario_path=scenario, grid=grid, overrides=set_ or [])
     signal.signal(signal.SIGINT, _quiet_interrupt)
+    signal.signal(signal.SIGTERM, _quiet_interrupt)
     console = Console(stderr=True)
     current: dict[str, Any] = {}
     position = {run.name: i for i, run in enumerate(plan, start=1)}
@@ -293,7 +381,13 @@ def sweep(
             console.print(f"{where}: unfinished folder moved aside to {detail}", highlight=False, soft_wrap=True)
         elif kind == "start":
             console.print(f"{where}: running", highlight=False, soft_wrap=True)
-            current["progress"] = RunProgress(console=console, scenario=run.scenario, label=run.name)
+            current["progress"] = RunProgress(
+                console=console,
+                name=run.name,
+                rounds=run.scenario.rounds,
+                delta=run.scenario.dp.delta,
+                audited=run.scenario.audit.enabled,
+            )
             current["progress"].progress.start()
         elif kind in ("done", "failed"):
             current["progress"].progress.stop()
@@ -385,27 +479,32 @@ class AccountantChoice(str, Enum):
     rdp = "rdp"
 
 
-class SamplingChoice(str, Enum):
-    poisson = "poisson"
-    without_replacement = "without-replacement"
+# the scenario's sampling values, as a Typer choice
+SamplingChoice = Enum("SamplingChoice", {value: value for value in get_args(Sampling)}, type=str)
+DEFAULT_SAMPLING = SamplingChoice("poisson")
 
 
 @privacy_app.command("epsilon")
 @friendly
 def privacy_epsilon(
-    sampling_rate: Annotated[float, typer.Option("--sampling-rate", help="q = clients per round / population")],
-    rounds: Annotated[int, typer.Option("--rounds", help="Number of rounds (compositions)")],
-    noise_multiplier: Annotated[float | None, typer.Option("--noise-multiplier", help="Noise multiplier z")] = None,
-    target_epsilon: Annotated[
-        float | None, typer.Option("--target-epsilon", help="Print the z that reaches this epsilon")
+    sampling_rate: Annotated[
+        float,
+        typer.Option("--sampling-rate", min=0, max=1, help="q = clients per round / population"),
+    ],
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Number of rounds (compositions)")],
+    noise_multiplier: Annotated[
+        float | None, typer.Option("--noise-multiplier", min=0, help="Noise multiplier z")
     ] = None,
-    delta: Annotated[float, typer.Option("--delta")] = 1e-5,
+    target_epsilon: Annotated[
+        float | None, typer.Option("--target-epsilon", min=0, help="Print the z that reaches this epsilon")
+    ] = None,
+    delta: Annotated[float, typer.Option("--delta", min=0, max=1)] = 1e-5,
     accountant: Annotated[
         AccountantChoice | None, typer.Option("--accountant", help="pld (default for poisson) or rdp")
     ] = None,
-    sampling: Annotated[SamplingChoice, typer.Option("--sampling")] = SamplingChoice.poisson,
+    sampling: Annotated[SamplingChoice, typer.Option("--sampling")] = DEFAULT_SAMPLING,
     population: Annotated[
-        int | None, typer.Option("--population", help="Population size (needed for without-replacement)")
+        int | None, typer.Option("--population", min=1, help="Population size (needed for --sampling fixed)")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
 ) -> None:
@@ -414,16 +513,15 @@ def privacy_epsilon(
 
     if (noise_multiplier is None) == (target_epsilon is None):
         raise FedsimError("give exactly one of --noise-multiplier and --target-epsilon")
-    sampling_name = "poisson" if sampling is SamplingChoice.poisson else "without_replacement"
     if accountant is None:
-        accountant = AccountantChoice.pld if sampling_name == "poisson" else AccountantChoice.rdp
-    if sampling_name == "without_replacement" and population is None:
-        raise FedsimError("--sampling without-replacement needs --population N (the number of clients)")
+        accountant = AccountantChoice.pld if sampling.value == "poisson" else AccountantChoice.rdp
+    if sampling.value == "fixed" and population is None:
+        raise FedsimError("--sampling fixed needs --population N (the number of clients)")
     common = dict(
         sampling_rate=sampling_rate,
         rounds=rounds,
         delta=delta,
-        sampling=sampling_name,
+        sampling=sampling.value,
         population=population,
         accountant=accountant.value,
     )

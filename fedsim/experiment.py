@@ -14,6 +14,7 @@ from fedsim.clients.training import TrainSettings
 from fedsim.config import Scenario
 from fedsim.data import FederatedDataset, make_dataset
 from fedsim.models import build_model
+from fedsim.privacy import DpMechanism
 
 
 @functools.lru_cache(maxsize=4)
@@ -46,13 +47,13 @@ def model_for(scenario: Scenario, dataset: FederatedDataset) -> nn.Module:
         hidden=scenario.model.hidden,
         seed=scenario.seed,
         vocab_size=getattr(dataset, "vocab_size", None),
-        dp_compatible=scenario.dp.mode == "local_dpsgd",  # DPLSTM instead of nn.LSTM for Opacus
+        dp_compatible=DpMechanism.from_scenario(scenario).local,  # DPLSTM instead of nn.LSTM for Opacus
     )
 
 
 def train_settings(scenario: Scenario) -> TrainSettings:
     """How clients train locally (with DP-SGD settings in local_dpsgd mode)."""
-    local_dp = scenario.dp.mode == "local_dpsgd"
+    local_dp = DpMechanism.from_scenario(scenario).local
     return TrainSettings(
         epochs=scenario.client.epochs,
         batch_size=scenario.client.batch_size,

@@ -2,8 +2,11 @@
 
 Flower's ``Strategy.start()`` runs every round in one call, so it cannot record a round
 before the next starts, audit with the round's updates, or resume. This loop does, round
-by round: sample the cohort -> train (through a transport) -> DP aggregation -> server
-optimiser step -> accountant -> federated evaluation -> durable round record.
+by round: sample the cohort -> train (through a transport; failed and late clients are
+counted) -> audit -> DP aggregation -> server optimiser step -> accountant -> federated
+evaluation -> one record, which the run store persists with a checkpoint before the next
+round begins. Everything a round depends on is either keyed by (seed, stream, round) in
+fedsim/seeding.py or in :meth:`RoundLoop.state_dict`, so a run resumes exactly.
 """
 
 from __future__ import annotations
@@ -12,18 +15,22 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from fedsim.config import Scenario
+from fedsim.errors import FedsimError, ScenarioError
 from fedsim.experiment import dataset_for, model_for
 from fedsim.params import flatten_state, unflatten_state
+from fedsim.privacy import DpMechanism, EmpiricalTracker, TheoryTracker
 from fedsim.records import RoundRecord
 from fedsim.seeding import EVALUATION, NOISE, round_rng
 from fedsim.store import RunStore
 from fedsim.strategies import build_aggregator, build_server_optimizer, sample_cohort
-from fedsim.theory import EmpiricalTracker, TheoryTracker
+
+if TYPE_CHECKING:
+    from fedsim.canaries.audit import AuditResult
 
 RoundCallback = Callable[[RoundRecord], None]
 
@@ -38,6 +45,14 @@ class RunOutcome:
 
 
 @dataclass(frozen=True)
+class RoundResult:
+    """What one round produced: its record, and its audit when the round was audited."""
+
+    record: RoundRecord
+    audit: AuditResult | None = None
+
+
+@dataclass(frozen=True)
 class TrainedReply:
     """One client's reply to a train request, as the server loop needs it."""
 
@@ -46,13 +61,25 @@ class TrainedReply:
     num_examples: int
     update_norm: float  # before any client-side clipping
     train_loss: float
+    noise_std: float | None = None  # local DP-SGD: the noise std Opacus used per step
+
+
+@dataclass(frozen=True)
+class CohortReplies:
+    """The replies of a round's cohort, and the clients that failed or did not answer."""
+
+    replies: list[TrainedReply]
+    failed: dict[int, str] = field(default_factory=dict)  # client id -> why
 
 
 class Transport(Protocol):
     """How the round loop reaches clients: Flower's Grid, or in-process calls."""
 
-    def train(self, *, round_number: int, state: dict[str, Any], cohort: np.ndarray) -> list[TrainedReply]:
-        """Train each client of the cohort from ``state``."""
+    def train(
+        self, *, round_number: int, state: dict[str, Any], cohort: np.ndarray, timeout_s: float | None
+    ) -> CohortReplies:
+        """Train each client of the cohort from ``state``; clients that raise, or have not
+        answered after ``timeout_s`` seconds, are reported as failed."""
 
     def evaluate(self, *, round_number: int, state: dict[str, Any], client_ids: np.ndarray) -> tuple[float, int, int]:
         """Summed loss, correct predictions and count over the clients' held-out samples."""
@@ -65,23 +92,36 @@ class RoundLoop:
         self.scenario = scenario
         self.on_round = on_round
         self.store: RunStore | None = None  # attached by the runner once everything validated
+        self.rounds_done = 0
         self.dataset = dataset_for(scenario)
         model = model_for(scenario, self.dataset)
         self.template = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.params = flatten_state(self.template).astype(np.float32).astype(np.float64)
-        self.aggregator = build_aggregator(scenario=scenario)
+        self.mechanism = DpMechanism.from_scenario(scenario)
+        self.aggregator = build_aggregator(mechanism=self.mechanism, adaptive=scenario.dp.adaptive)
         self.optimizer = build_server_optimizer(scenario=scenario)
-        min_samples = None
-        if scenario.dp.mode == "local_dpsgd":
-            min_samples = min(self.dataset.num_train_samples(c) for c in range(self.dataset.num_clients))
-        self.theory = TheoryTracker(scenario=scenario, min_client_samples=min_samples)
+        self.theory = TheoryTracker(
+            mechanism=self.mechanism,
+            batch_size=scenario.client.batch_size,
+            epochs=scenario.client.epochs,
+            client_sizes=(
+                (self.dataset.num_train_samples(c) for c in range(self.dataset.num_clients))
+                if self.mechanism.local
+                else ()
+            ),
+        )
         self.auditor = None
         self.empirical = None
         if scenario.audit.enabled:
             from fedsim.canaries.audit import CanaryAuditor  # only audited runs pay for it
 
-            self.auditor = CanaryAuditor(scenario=scenario, dataset=self.dataset)
-            self.empirical = EmpiricalTracker(scenario=scenario)
+            self.auditor = CanaryAuditor(scenario=scenario, dataset=self.dataset, mechanism=self.mechanism)
+            self.empirical = EmpiricalTracker(mechanism=self.mechanism)
+            for noise_multiplier in scenario.audit.noise_multipliers:  # refuse impossible what-ifs now
+                try:
+                    self.aggregator.with_noise_multiplier(noise_multiplier)
+                except ValueError as error:
+                    raise ScenarioError(f"scenario key 'audit.noise_multipliers': {error}") from None
 
     def state(self) -> dict[str, Any]:
         """The global model as a state dict."""
@@ -95,7 +135,7 @@ class RoundLoop:
         rng = round_rng(seed=self.scenario.seed, stream=EVALUATION, round_number=round_number)
         return np.sort(rng.choice(population, size=wanted, replace=False))
 
-    def run_round(self, transport: Transport, round_number: int) -> RoundRecord:
+    def run_round(self, transport: Transport, round_number: int) -> RoundResult:
         """One round: sample, train, aggregate with DP, step, account, evaluate."""
         scenario = self.scenario
         started = time.perf_counter()
@@ -106,8 +146,15 @@ class RoundLoop:
             seed=scenario.seed,
             round_number=round_number,
         )
-        replies = transport.train(round_number=round_number, state=self.state(), cohort=cohort) if len(cohort) else []
-        replies = sorted(replies, key=lambda reply: reply.client_id)
+        answered = (
+            transport.train(
+                round_number=round_number, state=self.state(), cohort=cohort, timeout_s=scenario.round_timeout_s
+            )
+            if len(cohort)
+            else CohortReplies(replies=[])
+        )
+        self._check_replies(round_number, cohort, answered)
+        replies = sorted(answered.replies, key=lambda reply: reply.client_id)
         dim = self.params.shape[0]
         updates = np.stack([r.trained - self.params for r in replies]) if replies else np.zeros((0, dim))
         norms = np.array([reply.update_norm for reply in replies])
@@ -125,7 +172,7 @@ class RoundLoop:
         aggregate = self.aggregator.aggregate(
             updates=updates,
             weights=np.array([reply.num_examples for reply in replies], dtype=float),
-            reported_norms=norms if scenario.dp.mode == "client_fixed" else None,
+            reported_norms=norms if self.mechanism.client_clips else None,
             rng=rng,
         )
         # clients receive float32 weights: keep the server's copy exactly what it sends
@@ -142,25 +189,33 @@ class RoundLoop:
         columns: dict[str, Any] = {
             "round": round_number,
             "clients": len(cohort),
+            "failures": len(answered.failed),
             "train_loss": float(np.mean([r.train_loss for r in replies])) if replies else None,
             "eval_loss": eval_loss,
             "eval_accuracy": eval_accuracy,
             "clip_fraction": aggregate.clip_fraction,
             "clip_norm": aggregate.clip_norm,
-            "noise_std": self._noise_std(aggregate.noise_std),
+            "noise_std": self._noise_std(aggregate.noise_std, replies),
             "epsilon_round_theory": epsilon.round,
             "epsilon_cumulative_theory": epsilon.cumulative,
             "epsilon_cumulative_theory_rdp": epsilon.cumulative_rdp,
         }
         if self.empirical is not None:
             columns.update(self._empirical_columns(audit))
-        if audit is not None and self.store is not None:
-            self.store.write_audit(
-                round_number=round_number,
-                arrays={"scores_with": audit.scores_with, "scores_without": audit.scores_without},
-                summary=audit.summary(),
+        return RoundResult(RoundRecord(**columns, seconds=round(time.perf_counter() - started, 4)), audit)
+
+    def _check_replies(self, round_number: int, cohort: np.ndarray, answered: CohortReplies) -> None:
+        """Go on with the replies that came, unless fewer than ``min_replies`` of the cohort
+        answered. The accounting stays as sampled: a failed client's participation counts,
+        and the noise is still divided by the expected cohort."""
+        needed = self.scenario.min_replies * len(cohort)
+        if len(answered.replies) < needed:
+            client_id, why = next(iter(answered.failed.items()), (None, "no reply"))
+            raise FedsimError(
+                f"round {round_number}: only {len(answered.replies)} of {len(cohort)} sampled clients answered "
+                f"(min_replies {self.scenario.min_replies:g}); client {client_id}: {' '.join(why.split())[:300]}; "
+                "earlier rounds are kept in the run folder, rerun with --verbose for details"
             )
-        return RoundRecord(**columns, seconds=round(time.perf_counter() - started, 4))
 
     def _empirical_columns(self, audit) -> dict[str, Any]:
         """Audit columns of rounds.csv: the gaussian estimate, the threshold method's
@@ -182,20 +237,59 @@ class RoundLoop:
         return columns
 
     def run(self, transport: Transport, outcome: RunOutcome) -> None:
-        """All rounds, each recorded durably before the next begins."""
-        for round_number in range(1, self.scenario.rounds + 1):
+        """The rounds not yet done, each persisted (record, audit, checkpoint) before the
+        next begins."""
+        for round_number in range(self.rounds_done + 1, self.scenario.rounds + 1):
             if outcome.stop.is_set():
                 return
-            row = self.run_round(transport, round_number)
+            result = self.run_round(transport, round_number)
+            self.rounds_done = round_number
             if self.store is not None:
-                self.store.append_round(row)
-            outcome.rows.append(row)
+                self.store.persist(
+                    record=result.record,
+                    audit=result.audit,
+                    checkpoint=self.state_dict() if self._checkpoint_due(round_number) else None,
+                )
+            outcome.rows.append(result.record)
             if self.on_round is not None:
-                self.on_round(row)
+                self.on_round(result.record)
 
-    def _noise_std(self, central_std: float) -> float:
-        """Noise std on the averaged update; for local DP-SGD, on each step's mean gradient."""
-        dp = self.scenario.dp
-        if dp.mode == "local_dpsgd":
-            return dp.noise_multiplier * dp.clip_norm / self.scenario.client.batch_size
-        return central_std
+    def _checkpoint_due(self, round_number: int) -> bool:
+        return round_number % self.scenario.checkpoint.every == 0 or round_number == self.scenario.rounds
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next round depends on that is not keyed by (seed, round)."""
+        state: dict[str, Any] = {
+            "round": self.rounds_done,
+            "params": self.params.astype(np.float32),
+            "optimizer": self.optimizer.state_dict(),
+            "aggregator": self.aggregator.state_dict(),
+            "theory": self.theory.state_dict(),
+        }
+        if self.empirical is not None:
+            state["empirical"] = self.empirical.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` (a resumed run)."""
+        params = np.asarray(state["params"], dtype=np.float64)
+        if params.shape != self.params.shape:
+            raise FedsimError(
+                f"the checkpoint holds {params.size} parameters, the scenario's model {self.params.size}; "
+                "the run folder's scenario.yaml was changed after the run started"
+            )
+        self.params = params
+        self.rounds_done = int(state["round"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.aggregator.load_state_dict(state["aggregator"])
+        self.theory.load_state_dict(state["theory"])
+        if self.empirical is not None:
+            self.empirical.load_state_dict(state["empirical"])
+
+    def _noise_std(self, central_std: float, replies: list[TrainedReply]) -> float | None:
+        """Noise std on the averaged update; for local DP-SGD, the mean over the round's
+        clients of the std Opacus added to each step's mean gradient."""
+        if not self.mechanism.local:
+            return central_std
+        stds = [reply.noise_std for reply in replies if reply.noise_std is not None]
+        return float(np.mean(stds)) if stds else None

@@ -213,7 +213,8 @@ class Audit:
 
     ``scores_with`` / ``scores_without``: float32 statistics of the aggregates with and
     without the canary client. ``what_if_scores_with`` / ``_without``: shape (k, tests),
-    the same round replayed at each what-if noise multiplier, where the audit kept them.
+    the same round replayed at each what-if noise multiplier (``what_if_noise_multipliers``,
+    shape (k,)), where the audit kept them.
     ``delta`` and ``confidence`` are the run's (scenario.yaml).
     """
 
@@ -224,6 +225,7 @@ class Audit:
     summary: Mapping[str, Any]
     delta: float
     confidence: float = 0.95
+    what_if_noise_multipliers: np.ndarray | None = None
     what_if_scores_with: np.ndarray | None = None
     what_if_scores_without: np.ndarray | None = None
 
@@ -299,6 +301,7 @@ def load_audit(run: PathLike | RunStore, *, round_number: int) -> Audit:
         summary=summary,
         delta=delta,
         confidence=confidence,
+        what_if_noise_multipliers=array("what_if_noise_multipliers"),
         what_if_scores_with=array("what_if_scores_with"),
         what_if_scores_without=array("what_if_scores_without"),
     )

@@ -42,10 +42,12 @@ def quiet_flower(*, verbose: bool) -> None:
 
 @dataclass(frozen=True)
 class RunResult:
-    """A finished run: its folder and its round rows."""
+    """A finished run: its folder and all its round rows (``ran``: False when a resumed run
+    had nothing left to do)."""
 
     store: RunStore
     rows: list[RoundRecord]
+    ran: bool = True
 
 
 def prepare_environment(*, verbose: bool) -> None:
@@ -99,6 +101,14 @@ def backend_config(*, scenario: Scenario, ray_address: str | None, verbose: bool
     }
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: stop, keep every finished round, mark the run interrupted."""
+
+    def __init__(self, signal_name: str = "SIGINT") -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
 def run_scenario(
     *,
     scenario: Scenario,
@@ -117,23 +127,74 @@ def run_scenario(
     Ray), for debugging and as the per-client-overhead baseline.
     ``run_id`` names the run folder (default: date, time, scenario name, random hex).
     Everything that can be checked is checked before the run folder is created. Each
-    finished round is durable in ``rounds.csv``; the manifest's status says how the run
-    ended (completed, failed, interrupted).
+    finished round is durable in ``rounds.csv`` (with a checkpoint every
+    ``checkpoint.every`` rounds); the manifest's status says how the run ended
+    (completed, failed, interrupted).
     """
+    address = _prepare(scenario=scenario, ray_address=ray_address, verbose=verbose, engine=engine)
+    loop = _build_loop(scenario=scenario, on_round=on_round)
+    store = RunStore.create(parent=out_dir, scenario=scenario, privacy=loop.mechanism.describe(), run_id=run_id)
+    return _execute(loop=loop, store=store, address=address, verbose=verbose, on_start=on_start, engine=engine)
+
+
+def resume_run(
+    *,
+    path: Path,
+    ray_address: str | None = None,
+    verbose: bool = False,
+    on_round=None,
+    on_start=None,
+    engine: Literal["flower", "inprocess"] = "flower",
+) -> RunResult:
+    """Continue an interrupted or failed run from its last checkpoint.
+
+    The rounds after the checkpoint are dropped from the run folder and recomputed, so
+    the finished rounds.csv equals an uninterrupted run's (the seconds column aside).
+    A completed run is returned as it is (``RunResult.ran`` is False).
+    """
+    store = RunStore.open(path)
+    manifest = store.manifest()
+    if manifest["status"] == "completed":
+        return RunResult(store=store, rows=store.rounds(), ran=False)
+    store.check_not_running()
+    from fedsim.config import load_scenario
+
+    scenario = load_scenario(store.path / "scenario.yaml")
+    address = _prepare(scenario=scenario, ray_address=ray_address, verbose=verbose, engine=engine)
+    loop = _build_loop(scenario=scenario, on_round=on_round)
+    checkpoint = store.read_checkpoint()
+    if checkpoint is not None:
+        loop.load_state_dict(checkpoint)
+    store.rewind(to_round=loop.rounds_done)
+    return _execute(loop=loop, store=store, address=address, verbose=verbose, on_start=on_start, engine=engine)
+
+
+def _prepare(*, scenario: Scenario, ray_address: str | None, verbose: bool, engine: str) -> str | None:
+    """Quiet, local environment; a reachable Ray cluster when one is named."""
     prepare_environment(verbose=verbose)
     address = ray_address or scenario.ray.address
     if address and engine == "flower":
         check_ray_address(address, timeout_s=scenario.ray.timeout_s)
+    return address
 
+
+def _build_loop(*, scenario: Scenario, on_round):
     import torch
 
-    from fedsim.loop import RoundLoop, RunOutcome
+    from fedsim.loop import RoundLoop
 
     # small per-client models train fastest on one thread; Ray workers own the other cores
     torch.set_num_threads(1)
-    loop = RoundLoop(scenario=scenario, on_round=on_round)  # builds data, model, strategy
-    store = RunStore.create(parent=out_dir, scenario=scenario, run_id=run_id)
+    return RoundLoop(scenario=scenario, on_round=on_round)  # builds data, model, strategy
+
+
+def _execute(*, loop, store: RunStore, address: str | None, verbose: bool, on_start, engine: str) -> RunResult:
+    """Run the loop's remaining rounds into ``store`` and record how the run ended."""
+    from fedsim.loop import RunOutcome
+
+    scenario = loop.scenario
     loop.store = store
+    store.claim()
     if on_start is not None:
         on_start(store)
     outcome = RunOutcome()
@@ -147,30 +208,42 @@ def run_scenario(
                 outcome.error = error
         else:
             _simulate(scenario=scenario, loop=loop, outcome=outcome, address=address, verbose=verbose)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         outcome.stop.set()
-        store.finish(status="interrupted", error="interrupted by the user")
+        _finish(store, status="interrupted", error=_interrupted(stop))
         raise
     except Exception as error:  # Flower/Ray failures outside the server loop
-        store.finish(status="failed", error=_one_line(error))
+        _finish(store, status="failed", error=_one_line(error))
         raise FedsimError(f"the simulation failed: {_one_line(error)}; finished rounds are in {store.path}") from error
     if outcome.error is not None:
         if isinstance(outcome.error, KeyboardInterrupt):
-            store.finish(status="interrupted", error="interrupted by the user")
+            _finish(store, status="interrupted", error=_interrupted(outcome.error))
             raise outcome.error
-        store.finish(status="failed", error=_one_line(outcome.error))
+        _finish(store, status="failed", error=_one_line(outcome.error))
         if isinstance(outcome.error, FedsimError):
             raise outcome.error
         raise FedsimError(
             f"the run failed: {_one_line(outcome.error)}; finished rounds are in {store.path}"
         ) from outcome.error
-    if len(outcome.rows) != scenario.rounds:
-        store.finish(status="failed", error="the simulation ended before all rounds finished")
+    if loop.rounds_done != scenario.rounds:
+        _finish(store, status="failed", error="the simulation ended before all rounds finished")
         raise FedsimError(
-            f"the simulation ended after {len(outcome.rows)} of {scenario.rounds} rounds; see {store.path}"
+            f"the simulation ended after {loop.rounds_done} of {scenario.rounds} rounds; see {store.path}"
         )
-    store.finish(status="completed")
-    return RunResult(store=store, rows=outcome.rows)
+    _finish(store, status="completed")
+    return RunResult(store=store, rows=store.rounds())
+
+
+def _finish(store: RunStore, *, status: str, error: str | None = None) -> None:
+    """Record how the run ended, if the run folder can still be written."""
+    try:
+        store.finish(status=status, error=error)
+    except OSError:
+        pass  # e.g. the disk is full: the error itself is reported to the user
+
+
+def _interrupted(stop: BaseException) -> str:
+    return f"interrupted ({getattr(stop, 'signal_name', 'SIGINT')}); resume with `fedsim resume`"
 
 
 def _simulate(*, scenario: Scenario, loop, outcome, address: str | None, verbose: bool) -> None:

@@ -1,7 +1,9 @@
 """The ServerApp: runs fedsim's round loop on Flower's Grid.
 
 Clients are reached through Flower messages: one train message per sampled logical
-client, evaluation spread over the supernodes in chunks of client ids.
+client (a client that fails sends an error reply; one that does not answer within
+``round_timeout_s`` is counted as failed), evaluation spread over the supernodes in
+chunks of client ids.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedsim.config import Scenario
 from fedsim.errors import FedsimError
-from fedsim.loop import RoundLoop, RunOutcome, TrainedReply
+from fedsim.loop import CohortReplies, RoundLoop, RunOutcome, TrainedReply
 from fedsim.params import flatten_state
+from fedsim.privacy import DpMechanism
 
 
 class FlowerTransport:
@@ -26,6 +29,7 @@ class FlowerTransport:
     def __init__(self, *, grid: Grid, scenario: Scenario, expected_nodes: int) -> None:
         self.grid = grid
         self.scenario = scenario
+        self.client_clips = DpMechanism.from_scenario(scenario).client_clips
         self.node_ids = self._wait_for_nodes(expected_nodes)
 
     def _wait_for_nodes(self, expected: int, timeout_s: float = 120.0) -> list[int]:
@@ -40,9 +44,11 @@ class FlowerTransport:
             time.sleep(0.05)
         return node_ids
 
-    def train(self, *, round_number: int, state: dict[str, Any], cohort: np.ndarray) -> list[TrainedReply]:
+    def train(
+        self, *, round_number: int, state: dict[str, Any], cohort: np.ndarray, timeout_s: float | None
+    ) -> CohortReplies:
         config: dict[str, Any] = {"round": round_number}
-        if self.scenario.dp.mode == "client_fixed":
+        if self.client_clips:
             config["clipping_norm"] = float(self.scenario.dp.clip_norm)  # read by fixedclipping_mod
         arrays = ArrayRecord(state)
         messages = [
@@ -53,21 +59,29 @@ class FlowerTransport:
             )
             for i, cid in enumerate(cohort)
         ]
-        replies = list(self.grid.send_and_receive(messages))
-        _raise_client_errors(replies, round_number, "training")
-        result = []
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout_s))
+        # the grid gives each message its id as it sends it; a reply names the one it answers
+        client_of = {message.metadata.message_id: int(cid) for message, cid in zip(messages, cohort)}
+        answered = CohortReplies(replies=[])
         for reply in replies:
+            client_id = client_of[reply.metadata.reply_to_message_id]
+            if reply.has_error():
+                answered.failed[client_id] = str(reply.error.reason)
+                continue
             metrics, trained = reply.content["metrics"], reply.content["arrays"]
-            result.append(
+            answered.replies.append(
                 TrainedReply(
                     client_id=int(metrics["client-id"]),
                     trained=flatten_state(dict(zip(trained.keys(), trained.to_numpy_ndarrays()))),
                     num_examples=int(metrics["num-examples"]),
                     update_norm=float(metrics["update-norm"]),
                     train_loss=float(metrics["train-loss"]),
+                    noise_std=float(metrics["noise-std"]) if "noise-std" in metrics else None,
                 )
             )
-        return result
+        for client_id in set(client_of.values()) - {r.client_id for r in answered.replies} - set(answered.failed):
+            answered.failed[client_id] = f"no reply within round_timeout_s={timeout_s:g}"
+        return answered
 
     def evaluate(self, *, round_number: int, state: dict[str, Any], client_ids: np.ndarray) -> tuple[float, int, int]:
         arrays = ArrayRecord(state)

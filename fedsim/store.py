@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
 import secrets
+import socket
 import threading
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -55,6 +57,62 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+class AuditFiles(Protocol):
+    """What an audited round leaves on disk (fedsim.canaries.audit.AuditResult)."""
+
+    def arrays(self) -> dict[str, np.ndarray]: ...
+
+    def summary(self) -> dict[str, Any]: ...
+
+
+_STATE_KEY = "__state__"
+_ARRAY_REF = "__array__"
+
+
+def _split_arrays(tree: Any, prefix: str = "") -> tuple[Any, dict[str, np.ndarray]]:
+    """A nested structure with numpy arrays -> (JSON-able tree with references, arrays)."""
+    if isinstance(tree, np.ndarray):
+        return {_ARRAY_REF: prefix}, {prefix: tree}
+    if isinstance(tree, dict):
+        out, arrays = {}, {}
+        for key, value in tree.items():
+            out[key], found = _split_arrays(value, f"{prefix}.{key}" if prefix else str(key))
+            arrays.update(found)
+        return out, arrays
+    if isinstance(tree, np.generic):
+        return tree.item(), {}
+    return tree, {}
+
+
+def _join_arrays(tree: Any, arrays: dict[str, np.ndarray]) -> Any:
+    """Inverse of :func:`_split_arrays`."""
+    if isinstance(tree, dict):
+        if set(tree) == {_ARRAY_REF}:
+            return arrays[tree[_ARRAY_REF]]
+        return {key: _join_arrays(value, arrays) for key, value in tree.items()}
+    return tree
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class RunStore:
     """One run's folder. Create with :meth:`create`, open an existing one with :meth:`open`."""
 
@@ -75,25 +133,36 @@ class RunStore:
         return self.path / "rounds.csv"
 
     @classmethod
-    def create(cls, *, parent: Path, scenario: Scenario, run_id: str | None = None) -> RunStore:
-        """Make ``parent/<run-id>/`` with the resolved scenario and a running manifest.
+    def create(
+        cls, *, parent: Path, scenario: Scenario, privacy: dict[str, Any] | None = None, run_id: str | None = None
+    ) -> RunStore:
+        """Make ``parent/<run-id>/`` with the resolved scenario and a running manifest
+        (``privacy``: what the run's epsilons cover, from its DP mechanism).
 
         ``run_id`` names the folder (``fedsim sweep`` names runs after their overrides);
         by default it is ``<date>-<time>-<scenario name>-<random hex>``. An existing
         folder is never reused.
         """
-        if run_id is None:
-            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-            run_id = f"{stamp}-{scenario.name}-{secrets.token_hex(3)}"
-        elif not run_id or run_id in (".", "..") or "/" in run_id or os.sep in run_id:
+        if run_id is not None and (not run_id or run_id in (".", "..") or "/" in run_id or os.sep in run_id):
             raise FedsimError(f"run id {run_id!r} is not a folder name; use letters, digits, '.', '_', '=', '-'")
-        try:
-            path = Path(parent) / run_id
-            path.mkdir(parents=True)
-        except OSError as error:
-            raise FedsimError(
-                f"cannot create the run folder under {str(parent)!r} ({error.strerror}); choose another with --out"
-            ) from None
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        while True:  # runs started in the same second differ by their random suffix
+            name = run_id or f"{stamp}-{scenario.name}-{secrets.token_hex(3)}"
+            path = Path(parent) / name
+            try:
+                path.mkdir(parents=True)
+                break
+            except FileExistsError:
+                if run_id is not None:
+                    raise FedsimError(
+                        f"run folder {str(path)!r} already exists; move it away or choose another --out"
+                    ) from None
+                continue
+            except OSError as error:
+                raise FedsimError(
+                    f"cannot create the run folder under {str(parent)!r} ({error.strerror}); choose another with --out"
+                ) from None
+        run_id = name
         store = cls(path)
         (path / "scenario.yaml").write_text(scenario_to_yaml(scenario))
         with open(store.rounds_path, "w", newline="") as handle:
@@ -110,6 +179,7 @@ class RunStore:
                 "rounds_planned": scenario.rounds,
                 "rounds_completed": 0,
                 "versions": _versions(),
+                "privacy": privacy,
                 "error": None,
             },
         )
@@ -137,6 +207,105 @@ class RunStore:
             manifest["rounds_completed"] = record.round
             write_json_atomic(self.manifest_path, manifest)
 
+    def persist(
+        self, *, record: RoundRecord, audit: AuditFiles | None = None, checkpoint: dict[str, Any] | None = None
+    ) -> None:
+        """One finished round: its audit files, its row, then its checkpoint when one is due,
+        each durable before the next. A failed write stops the run with one line; what was
+        written before stays (``fedsim resume`` recomputes the rounds after the checkpoint)."""
+        try:
+            if audit is not None:
+                self.write_audit(round_number=record.round, arrays=audit.arrays(), summary=audit.summary())
+            self.append_round(record)
+            if checkpoint is not None:
+                self.write_checkpoint(checkpoint)
+        except OSError as error:
+            raise FedsimError(
+                f"cannot write to the run folder {self.path} ({error.strerror or error}); earlier rounds are kept: "
+                f"free space or fix the folder, then `fedsim resume {self.path}`"
+            ) from None
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / "checkpoint.npz"
+
+    def write_checkpoint(self, state: dict[str, Any]) -> None:
+        """Replace the run's checkpoint with ``state`` (nested dicts of JSON values and numpy
+        arrays) and record its sha256 in the manifest. The file is a numpy .npz without
+        pickles: arrays and one JSON document, nothing that can run code."""
+        tree, arrays = _split_arrays(state)
+        arrays[_STATE_KEY] = np.array(json.dumps(tree))
+        tmp = self.checkpoint_path.with_suffix(".npz.tmp")
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.checkpoint_path)
+        with self._lock:
+            manifest = self.manifest()
+            manifest["checkpoint"] = {"round": state["round"], "sha256": _sha256(self.checkpoint_path)}
+            write_json_atomic(self.manifest_path, manifest)
+
+    def read_checkpoint(self) -> dict[str, Any] | None:
+        """The last checkpoint, verified against the digest in the manifest (None if the run
+        has none). A modified or unreadable checkpoint is refused with one line."""
+        recorded = self.manifest().get("checkpoint")
+        if recorded is None:
+            return None
+        if not self.checkpoint_path.is_file() or _sha256(self.checkpoint_path) != recorded.get("sha256"):
+            raise FedsimError(
+                f"{self.checkpoint_path} does not match the sha256 recorded in manifest.json (modified, replaced or "
+                "missing); it is not loaded. Restore it, or start the scenario again with `fedsim run`"
+            )
+        try:
+            with np.load(self.checkpoint_path, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files}
+            tree = json.loads(str(arrays.pop(_STATE_KEY)))
+        except (ValueError, KeyError, OSError) as error:
+            raise FedsimError(f"cannot read {self.checkpoint_path} ({error}); it is not loaded") from None
+        return _join_arrays(tree, arrays)
+
+    def claim(self) -> None:
+        """Record which process runs the rounds now (so a second resume can refuse)."""
+        with self._lock:
+            manifest = self.manifest()
+            manifest.update(pid=os.getpid(), host=socket.gethostname())
+            write_json_atomic(self.manifest_path, manifest)
+
+    def check_not_running(self) -> None:
+        """Refuse a run folder whose rounds another live process on this host is writing."""
+        manifest = self.manifest()
+        pid, host = manifest.get("pid"), manifest.get("host")
+        if manifest.get("status") == "running" and host == socket.gethostname() and _alive(pid):
+            raise FedsimError(
+                f"run {self.run_id} is still running (process {pid}); stop it first, or wait for it to end"
+            )
+
+    def rewind(self, *, to_round: int) -> None:
+        """Forget the rounds after ``to_round`` (a resume recomputes them): rows of
+        rounds.csv, possibly torn by a kill, and their audit files; the manifest says
+        running again."""
+        with open(self.rounds_path, newline="") as handle:
+            rows = list(csv.reader(handle))[1:]
+        kept = [row for row in rows if row and row[0].isdigit() and int(row[0]) <= to_round]
+        tmp = self.rounds_path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(ROUND_COLUMNS)
+            writer.writerows(kept)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.rounds_path)
+        for round_number in self.audited_rounds():
+            if round_number > to_round:
+                for suffix in (".npz", ".json"):
+                    self.audit_path(round_number).with_suffix(suffix).unlink(missing_ok=True)
+        with self._lock:
+            manifest = self.manifest()
+            manifest.update(status="running", ended_at=None, error=None, rounds_completed=to_round)
+            manifest.setdefault("resumed_at", []).append(_now())
+            write_json_atomic(self.manifest_path, manifest)
+
     def audit_path(self, round_number: int) -> Path:
         """The stem of one audited round's files (``audits/round_NNNN``)."""
         return self.path / "audits" / f"round_{round_number:04d}"
@@ -154,10 +323,6 @@ class RunStore:
         os.replace(tmp, stem.with_suffix(".npz"))
         write_json_atomic(stem.with_suffix(".json"), summary)
 
-    def audited_rounds(self) -> list[int]:
-        """Rounds with an audit on disk, in order."""
-        return sorted(int(path.stem.removeprefix("round_")) for path in (self.path / "audits").glob("round_*.json"))
-
     def read_audit(self, round_number: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """The raw score arrays and the summary of one audited round."""
         stem = self.audit_path(round_number)
@@ -174,6 +339,11 @@ class RunStore:
             manifest = self.manifest()
             manifest.update(status=status, ended_at=_now(), error=error)
             write_json_atomic(self.manifest_path, manifest)
+
+    def audited_rounds(self) -> list[int]:
+        """Rounds with an audit on disk, in order."""
+        folder = self.path / "audits"
+        return sorted(int(path.stem.removeprefix("round_")) for path in folder.glob("round_*.json"))
 
     def rounds(self) -> list[RoundRecord]:
         """The rounds recorded so far, typed (None where a cell is empty).

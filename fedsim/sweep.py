@@ -5,7 +5,8 @@ Each combination's folder is named after its overrides
 the same sweep again finds its earlier runs: a folder whose manifest says ``completed``
 (with the same resolved scenario) is skipped; any other folder (interrupted, failed, or
 killed while running) is renamed ``<name>.<status>-<date>-<time>`` and the combination
-runs again. Nothing is deleted. Combinations run one after the other, all with the
+runs again; a folder whose run is still going in another live process stops the sweep.
+Nothing is deleted. Combinations run one after the other, all with the
 scenario's seed.
 """
 
@@ -25,6 +26,7 @@ import yaml
 
 from fedsim.config import Scenario, load_scenario, parse_overrides, scenario_to_yaml
 from fedsim.errors import FedsimError
+from fedsim.store import RunStore
 
 __all__ = ["SweepRun", "parse_grid", "plan_sweep", "run_name", "run_sweep"]
 
@@ -172,6 +174,8 @@ def run_sweep(
                 tell("skip", run, folder)
                 results.append((run, folder, "skipped"))
                 continue
+            if status == "running":
+                RunStore.open(folder).check_not_running()  # a live process still writes it: refuse
             moved = _move_aside(folder, status)
             tell("moved", run, folder, str(moved))
         tell("start", run, folder)

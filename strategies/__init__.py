@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from fedsim.config import Scenario
+from fedsim.config import AdaptiveConfig, Scenario
 from fedsim.errors import ScenarioError
+from fedsim.privacy import DpMechanism
 from fedsim.strategies.dp import (
     AdaptiveClippingAggregator,
     Aggregator,
@@ -27,34 +28,31 @@ __all__ = [
 ]
 
 
-def build_aggregator(*, scenario: Scenario) -> Aggregator:
-    """The aggregation strategy the scenario's ``dp.mode`` asks for."""
-    dp = scenario.dp
-    expected_cohort = float(scenario.clients_per_round)  # q N for Poisson, exact for fixed
-    if dp.mode in ("none", "local_dpsgd"):
-        return PlainAggregator()
-    if dp.mode in ("server_fixed", "client_fixed"):
+def build_aggregator(*, mechanism: DpMechanism, adaptive: AdaptiveConfig) -> Aggregator:
+    """The aggregation strategy of the run's DP mechanism."""
+    expected_cohort = float(mechanism.expected_cohort)  # q N for Poisson, exact for fixed
+    if not mechanism.central:
+        return PlainAggregator(uniform=mechanism.uniform_weights)
+    if not mechanism.adaptive:
         return FixedClippingAggregator(
-            noise_multiplier=dp.noise_multiplier,
-            clip_norm=dp.clip_norm,
+            noise_multiplier=mechanism.noise_multiplier,
+            clip_norm=mechanism.clip_norm,
             expected_cohort=expected_cohort,
-            clip_on_server=dp.mode == "server_fixed",
+            clip_on_server=mechanism.server_clips,
         )
-    if dp.mode == "server_adaptive":
-        # Andrew et al. use m / 20; small cohorts need at least z, or z_u explodes
-        count_noise = dp.adaptive.count_noise_multiplier or max(expected_cohort / 20, dp.noise_multiplier)
-        try:
-            return AdaptiveClippingAggregator(
-                noise_multiplier=dp.noise_multiplier,
-                initial_clip_norm=dp.clip_norm,
-                expected_cohort=expected_cohort,
-                target_quantile=dp.adaptive.target_quantile,
-                clip_lr=dp.adaptive.clip_lr,
-                count_noise_std=count_noise,
-            )
-        except ValueError as error:
-            raise ScenarioError(f"scenario key 'dp.adaptive.count_noise_multiplier': {error}") from None
-    raise ValueError(f"unknown dp.mode {dp.mode!r}")
+    # Andrew et al. use m / 20; small cohorts need at least z, or z_u explodes
+    count_noise = adaptive.count_noise_multiplier or max(expected_cohort / 20, mechanism.noise_multiplier)
+    try:
+        return AdaptiveClippingAggregator(
+            noise_multiplier=mechanism.noise_multiplier,
+            initial_clip_norm=mechanism.clip_norm,
+            expected_cohort=expected_cohort,
+            target_quantile=adaptive.target_quantile,
+            clip_lr=adaptive.clip_lr,
+            count_noise_std=count_noise,
+        )
+    except ValueError as error:
+        raise ScenarioError(f"scenario key 'dp.adaptive.count_noise_multiplier': {error}") from None
 
 
 def build_server_optimizer(*, scenario: Scenario) -> ServerOptimizer:

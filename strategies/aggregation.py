@@ -25,10 +25,30 @@ def clip_updates(updates: np.ndarray, *, clip_norm: float) -> np.ndarray:
     return updates * clip_factors(update_norms(updates), clip_norm)[:, None]
 
 
-def noisy_sums(updates: np.ndarray, *, include: np.ndarray, noise_std: float, rng: np.random.Generator) -> np.ndarray:
-    """For each row t of the boolean (T, n) ``include``: the sum of the included rows of
-    ``updates`` plus fresh N(0, noise_std^2 I) noise. Returns a (T, d) array."""
-    sums = include.astype(np.float64) @ np.asarray(updates, dtype=np.float64).reshape(include.shape[1], -1)
+def noisy_sums(
+    prepared: np.ndarray,
+    *,
+    include: np.ndarray,
+    noise_std: float,
+    rng: np.random.Generator,
+    direction: np.ndarray | None = None,
+) -> np.ndarray:
+    """The one release of DP-FedAvg: for each row t of the boolean (T, n) ``include``, the
+    sum of the included rows of ``prepared`` (n, d) plus fresh N(0, noise_std^2 I) noise.
+
+    Returns a (T, d) array; with a ``direction`` (d,), the projections of those sums on it,
+    a (T,) array drawn without materialising T x d noise (the projection of N(0, s^2 I)
+    on v is N(0, s^2 |v|^2)): the same distribution at O(T + n d). The real round and the
+    canary audit's replays both release through this function.
+    """
+    include = include.astype(np.float64)
+    prepared = np.asarray(prepared, dtype=np.float64)
+    if direction is None:
+        sums = include @ prepared
+        scale = noise_std
+    else:
+        sums = include @ (prepared @ direction)
+        scale = noise_std * float(np.linalg.norm(direction))
     if noise_std > 0:
-        sums = sums + rng.normal(0.0, noise_std, size=sums.shape)
+        sums = sums + rng.normal(0.0, scale, size=sums.shape)
     return sums

@@ -35,7 +35,12 @@ class RoundAggregate:
 
 
 class Aggregator(ABC):
-    """Turns a cohort's updates into the averaged update, with DP where configured."""
+    """Turns a cohort's updates into the averaged update, with DP where configured.
+
+    :meth:`release` is the one place a strategy's noisy sum comes from: the real round
+    (:meth:`aggregate`) and the canary audit's replays both call it, so a bug in the
+    release cannot hide from the audit.
+    """
 
     #: noise multiplier of the whole round's release, for the accountant (0: no DP)
     noise_multiplier: float = 0.0
@@ -54,31 +59,28 @@ class Aggregator(ABC):
         """The updates as they enter the sum (clipped where this strategy clips)."""
         return updates
 
-    def release(self, updates: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
-        """The noisy sum this strategy releases for a cohort's updates.
-
-        Exactly the clip-sum-noise of a real round, without changing any state; the
-        canary audit replays the same mechanism (:meth:`prepare`, :attr:`release_std`)
-        on re-drawn cohorts through :meth:`release_many` and :meth:`release_scores`.
-        """
-        return self.release_many(updates, include=np.ones((1, len(updates)), dtype=bool), rng=rng)[0]
-
-    def release_many(self, updates: np.ndarray, *, include: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Releases for many cohorts at once: row t is ``release(updates[include[t]])``,
-        each with fresh noise (``include`` is a boolean (T, n) matrix)."""
-        return noisy_sums(self.prepare(updates), include=include, noise_std=self.release_std, rng=rng)
-
-    def release_scores(
-        self, updates: np.ndarray, *, include: np.ndarray, direction: np.ndarray, rng: np.random.Generator
+    def release(
+        self,
+        updates: np.ndarray,
+        *,
+        include: np.ndarray,
+        rng: np.random.Generator,
+        direction: np.ndarray | None = None,
     ) -> np.ndarray:
-        """<direction, release_many(...)[t]> for each t, for a unit ``direction``, without
-        materialising T x d noise: the projection of N(0, s^2 I) on a unit vector is
-        N(0, s^2). Same distribution as projecting :meth:`release_many`, at O(T + n d)."""
-        projected = self.prepare(updates).astype(np.float64) @ direction
-        scores = include.astype(np.float64) @ projected
-        if self.release_std > 0:
-            scores = scores + rng.normal(0.0, self.release_std * float(np.linalg.norm(direction)), size=len(scores))
-        return scores
+        """The noisy sums this strategy releases: row t for the cohort ``include[t]`` (a
+        boolean (T, n) matrix over the rows of ``updates``), each with fresh noise; with a
+        unit ``direction``, their projections on it (see ``noisy_sums``). No state changes."""
+        return noisy_sums(
+            self.prepare(updates), include=include, noise_std=self.release_std, rng=rng, direction=direction
+        )
+
+    def with_noise_multiplier(self, noise_multiplier: float) -> Aggregator:
+        """A copy releasing with another noise multiplier (the audit's what-if replays)."""
+        raise ValueError(f"{type(self).__name__} adds no noise; a what-if noise level needs central DP")
+
+    def _release_all(self, updates: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The real round's release: the whole cohort, once."""
+        return self.release(updates, include=np.ones((1, len(updates)), dtype=bool), rng=rng)[0]
 
     @abstractmethod
     def aggregate(
@@ -89,7 +91,7 @@ class Aggregator(ABC):
         reported_norms: np.ndarray | None,
         rng: np.random.Generator,
     ) -> RoundAggregate:
-        """Aggregate an (n, d) array of updates; ``weights`` are example counts."""
+        """Aggregate an (n, d) array of updates (n may be 0); ``weights`` are example counts."""
 
     def state_dict(self) -> dict[str, Any]:
         """State that changes across rounds (for resume)."""
@@ -100,11 +102,18 @@ class Aggregator(ABC):
 
 
 class PlainAggregator(Aggregator):
-    """FedAvg without DP: the mean of updates weighted by example counts."""
+    """FedAvg without noise: the mean of the updates, weighted by example counts, or
+    uniform (under local DP-SGD the example count is private: it changes when one
+    sample is added or removed)."""
+
+    def __init__(self, *, uniform: bool) -> None:
+        self.uniform = uniform
 
     def aggregate(self, *, updates, weights, reported_norms, rng) -> RoundAggregate:
         if len(updates) == 0:
             return RoundAggregate(np.zeros(updates.shape[1]), None, 0.0, None)
+        if self.uniform:
+            return RoundAggregate(self._release_all(updates, rng) / len(updates), None, 0.0, None)
         mean = np.average(updates.astype(np.float64), axis=0, weights=weights)
         return RoundAggregate(mean, None, 0.0, None)
 
@@ -136,6 +145,14 @@ class FixedClippingAggregator(Aggregator):
     def release_std(self) -> float:
         return self.noise_multiplier * self.clip_norm
 
+    def with_noise_multiplier(self, noise_multiplier: float) -> FixedClippingAggregator:
+        return FixedClippingAggregator(
+            noise_multiplier=noise_multiplier,
+            clip_norm=self.clip_norm,
+            expected_cohort=self.expected_cohort,
+            clip_on_server=self.clip_on_server,
+        )
+
     def prepare(self, updates: np.ndarray) -> np.ndarray:
         if self.clip_on_server:
             return clip_updates(updates, clip_norm=self.clip_norm)
@@ -145,7 +162,7 @@ class FixedClippingAggregator(Aggregator):
 
     def aggregate(self, *, updates, weights, reported_norms, rng) -> RoundAggregate:
         norms = update_norms(updates) if reported_norms is None else np.asarray(reported_norms)
-        total = self.release(updates, rng=rng)
+        total = self._release_all(updates, rng)
         clip_fraction = float(np.mean(norms > self.clip_norm)) if len(norms) else None
         return RoundAggregate(
             mean_update=total / self.expected_cohort,
@@ -187,6 +204,7 @@ class AdaptiveClippingAggregator(Aggregator):
         self.expected_cohort = expected_cohort
         self.target_quantile = target_quantile
         self.clip_lr = clip_lr
+        self.configured_count_noise_std = count_noise_std
         self.count_noise_std = count_noise_std if noise_multiplier > 0 else 0.0
         self.update_noise_multiplier = (
             (noise_multiplier**-2 - (2 * count_noise_std) ** -2) ** -0.5 if noise_multiplier > 0 else 0.0
@@ -200,13 +218,23 @@ class AdaptiveClippingAggregator(Aggregator):
     def release_std(self) -> float:
         return self.update_noise_multiplier * self.clip_norm
 
+    def with_noise_multiplier(self, noise_multiplier: float) -> AdaptiveClippingAggregator:
+        return AdaptiveClippingAggregator(
+            noise_multiplier=noise_multiplier,
+            initial_clip_norm=self.clip_norm,
+            expected_cohort=self.expected_cohort,
+            target_quantile=self.target_quantile,
+            clip_lr=self.clip_lr,
+            count_noise_std=self.configured_count_noise_std,
+        )
+
     def prepare(self, updates: np.ndarray) -> np.ndarray:
         return clip_updates(updates, clip_norm=self.clip_norm)
 
     def aggregate(self, *, updates, weights, reported_norms, rng) -> RoundAggregate:
         clip_norm = self.clip_norm
         norms = update_norms(updates)
-        total = self.release(updates, rng=rng)
+        total = self._release_all(updates, rng)
         below = float(np.sum((norms <= clip_norm) - 0.5)) + rng.normal(0.0, self.count_noise_std or 0.0)
         fraction_below = below / self.expected_cohort + 0.5
         self.clip_norm = clip_norm * math.exp(-self.clip_lr * (fraction_below - self.target_quantile))

@@ -1,4 +1,4 @@
-"""Shared test settings: no telemetry, Ray kept on 127.0.0.1, quiet logs."""
+"""Shared test settings: no telemetry, Ray kept on 127.0.0.1, quiet logs; fake data trees."""
 
 import os
 import sys
@@ -27,6 +27,27 @@ def sample_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"sample data folder {path} is absent; set FEDSIM_SAMPLE_DATA")
     return path
+
+
+@pytest.fixture()
+def fake_cifar10(monkeypatch):
+    """Write a tiny CIFAR-10 (``cifar-10-batches-py/`` or the tarball) and trust it.
+
+    Its files cannot have the official sha256, so the test trusts their digests instead
+    (as a user names a mirror's with FEDSIM_CIFAR10_SHA256); returns them by file name.
+    """
+    from fedsim.data import cifar10
+    from tests.fixtures.fake_datasets import write_fake_cifar10
+
+    def write(root: Path, **kwargs) -> dict[str, str]:
+        digests = write_fake_cifar10(root, **kwargs)
+        if kwargs.get("tarball"):
+            monkeypatch.setenv(cifar10.SHA256_ENV, digests[cifar10.TARBALL])
+        else:
+            monkeypatch.setattr(cifar10, "BATCH_SHA256", digests)
+        return digests
+
+    return write
 
 
 AUDITED_RUN_OVERRIDES = [

@@ -1,21 +1,29 @@
-"""Federated data sets and the registry that builds them by name."""
+"""Federated data sets and the registry that builds them by name.
+
+The loaders need torch; they are imported on first use (``from fedsim.data import
+Sent140Dataset`` works as usual), so checking a scenario's data options
+(``fedsim.data.options``) does not import torch.
+"""
 
 from __future__ import annotations
 
-import inspect
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from fedsim.data.base import ClientData, FederatedDataset
-from fedsim.data.celeba import CelebaDataset
-from fedsim.data.cifar10 import Cifar10Dataset
-from fedsim.data.digits import DigitsDataset
-from fedsim.data.sent140 import Sent140Dataset
-from fedsim.data.shakespeare import ShakespeareDataset
-from fedsim.data.synthetic import SyntheticDataset
+from fedsim.data.options import DATA_OPTIONS, options_model, parse_options
 from fedsim.errors import DataError
 
+if TYPE_CHECKING:
+    from fedsim.data.base import ClientData, FederatedDataset
+    from fedsim.data.celeba import CelebaDataset
+    from fedsim.data.cifar10 import Cifar10Dataset
+    from fedsim.data.digits import DigitsDataset
+    from fedsim.data.sent140 import Sent140Dataset
+    from fedsim.data.shakespeare import ShakespeareDataset
+    from fedsim.data.synthetic import SyntheticDataset
+
 __all__ = [
-    "DATASETS",
+    "DATA_OPTIONS",
     "CelebaDataset",
     "Cifar10Dataset",
     "ClientData",
@@ -24,22 +32,39 @@ __all__ = [
     "Sent140Dataset",
     "ShakespeareDataset",
     "SyntheticDataset",
+    "dataset_class",
     "make_dataset",
 ]
 
-#: data-set name -> class; a class takes keyword-only ``num_clients``,
-#: ``design_pool_size``, ``test_fraction``, ``seed`` (and ``root`` if it reads files)
-DATASETS: dict[str, type[FederatedDataset]] = {
-    "synthetic": SyntheticDataset,
-    "digits": DigitsDataset,
-    "sent140": Sent140Dataset,
-    "shakespeare": ShakespeareDataset,
-    "celeba": CelebaDataset,
-    "cifar10": Cifar10Dataset,
+#: data-set name -> (module, class) of its loader
+_LOADERS = {
+    "synthetic": ("fedsim.data.synthetic", "SyntheticDataset"),
+    "digits": ("fedsim.data.digits", "DigitsDataset"),
+    "sent140": ("fedsim.data.sent140", "Sent140Dataset"),
+    "shakespeare": ("fedsim.data.shakespeare", "ShakespeareDataset"),
+    "celeba": ("fedsim.data.celeba", "CelebaDataset"),
+    "cifar10": ("fedsim.data.cifar10", "Cifar10Dataset"),
+}
+_LAZY = {cls: module for module, cls in _LOADERS.values()} | {
+    "ClientData": "fedsim.data.base",
+    "FederatedDataset": "fedsim.data.base",
 }
 
-# arguments that make_dataset sets itself, never through ``options``
-_COMMON = ("num_clients", "design_pool_size", "test_fraction", "seed", "root")
+
+def __getattr__(attr: str) -> Any:
+    if attr in _LAZY:
+        return getattr(importlib.import_module(_LAZY[attr]), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
+
+
+def dataset_class(name: str) -> type[FederatedDataset]:
+    """The loader class of a registered data set (a key of ``DATA_OPTIONS``)."""
+    try:
+        options_model(name)
+    except ValueError as error:
+        raise DataError(str(error)) from None
+    module, cls = _LOADERS[name]
+    return getattr(importlib.import_module(module), cls)
 
 
 def make_dataset(
@@ -55,13 +80,13 @@ def make_dataset(
     """Build a registered federated data set.
 
     Args:
-        name: Registered name (a key of ``DATASETS``).
+        name: Registered name (a key of ``DATA_OPTIONS``).
         num_clients: Number of training clients.
         design_pool: Number of design-pool users reserved for the adversary.
         test_fraction: Fraction of each user's samples held out for evaluation.
         seed: Seed of the data generation and partitioning.
         root: Folder with downloaded files, for data sets that read files.
-        options: Data-set specific keyword arguments of its constructor.
+        options: The data set's ``data.options`` (see ``fedsim.data.options``).
 
     Returns:
         The data set.
@@ -69,26 +94,13 @@ def make_dataset(
     Raises:
         DataError: If the name or an option is unknown, or the data set rejects a value.
     """
-    if name not in DATASETS:
-        raise DataError(f"unknown data set {name!r}; known: {', '.join(sorted(DATASETS))}")
-    cls = DATASETS[name]
-    params = inspect.signature(cls.__init__).parameters
-    allowed = sorted(p for p in params if p != "self" and p not in _COMMON)
-    options = dict(options or {})
-    for key in options:
-        if key in _COMMON:
-            raise DataError(f"data option {key!r} is set by the scenario itself, not in {name}'s options")
-        if key not in allowed:
-            raise DataError(f"unknown option {key!r} for data set {name!r}; allowed: {', '.join(allowed) or '(none)'}")
-    kwargs: dict[str, Any] = dict(
+    cls = dataset_class(name)
+    parse_options(name, options or {})  # names a scenario-level key before it could clash with one
+    return cls(
         num_clients=num_clients,
         design_pool_size=design_pool,
         test_fraction=test_fraction,
         seed=seed,
+        root=root,
+        **(options or {}),
     )
-    if "root" in params:
-        kwargs["root"] = root
-    try:
-        return cls(**kwargs, **options)
-    except TypeError as err:  # e.g. a string where a number belongs
-        raise DataError(f"data set {name!r}: an option has the wrong type ({err})") from None

@@ -25,6 +25,7 @@ import torch
 
 from fedsim.data import store
 from fedsim.data.leaf import find_leaf_files, read_leaf
+from fedsim.data.options import CelebaOptions
 from fedsim.data.store import NaturalUsersDataset, UserStore
 from fedsim.errors import DataError
 
@@ -133,64 +134,30 @@ def prepare(root: Path, *, source: str = "auto", out: Path | None = None, force:
 class CelebaDataset(NaturalUsersDataset):
     """CelebA faces, one client per celebrity, label = Smiling; images (3, size, size) in [0, 1].
 
-    Args:
-        num_clients: Training celebrities.
-        design_pool_size: Celebrities reserved for the adversary.
-        root: Folder with ``img_align_celeba/`` and the two annotation files.
-        min_samples: Keep celebrities with at least this many images.
-        user_fraction: Keep this random fraction of them (LEAF's ``--sf``).
-        max_samples: Cap on a celebrity's images; None keeps all.
-        image_size: Side of the resized square image (LEAF: 84).
-        source: ``auto``, ``raw`` or ``leaf``.
-        test_fraction: Fraction of each celebrity's images held out (LEAF JSON keeps its split).
-        seed: Seed of selection and splits.
+    Takes ``FederatedDataset``'s arguments (``root``: the folder with ``img_align_celeba/``
+    and the two annotation files); ``data.options``: ``CelebaOptions`` (``min_samples``,
+    ``user_fraction``, ``max_samples``, ``image_size``: side of the resized square image
+    (LEAF: 84), ``source``). LEAF JSON keeps its own split.
     """
 
     name = "celeba"
     num_classes = 2
     input_kind = "float"
+    options: CelebaOptions
 
-    def __init__(
-        self,
-        *,
-        num_clients: int,
-        design_pool_size: int,
-        root: str | None = None,
-        min_samples: int = 1,
-        user_fraction: float = 1.0,
-        max_samples: int | None = None,
-        image_size: int = 84,
-        source: str = "auto",
-        test_fraction: float = 0.2,
-        seed: int = 0,
-    ) -> None:
-        if root is None:
-            raise DataError(f"celeba needs data.root; {_hint(Path('DIR'))}")
-        if not 0 <= test_fraction < 1:
-            raise DataError(f"test_fraction must be in [0, 1), got {test_fraction}")
-        if image_size < 8:
-            raise DataError(f"celeba option image_size={image_size} is invalid; must be >= 8")
-        self.root = Path(root)
-        self.test_fraction, self.seed, self.max_samples = float(test_fraction), int(seed), max_samples
-        self.image_size = int(image_size)
-        self.input_shape = (3, self.image_size, self.image_size)
-        self._store = UserStore(prepare(self.root, source=source))
+    def _build(self) -> None:
+        size = self.options.image_size
+        self.input_shape = (3, size, size)
+        self._store = UserStore(prepare(self.root, source=self.options.source))
         self._has_split = self._store.has("is_test")
-        self._select_users(
-            counts=self._store.counts,
-            num_clients=num_clients,
-            design_pool_size=design_pool_size,
-            min_samples=min_samples,
-            user_fraction=user_fraction,
-            seed=seed,
-        )
+        self._select_users(self._store.counts)
 
     def _user_samples(self, user: int) -> tuple[torch.Tensor, torch.Tensor]:
         try:
             from PIL import Image
         except ImportError:
             raise DataError("CelebA needs Pillow to decode its JPEGs; pip install pillow") from None
-        size = (self.image_size, self.image_size)
+        size = (self.options.image_size, self.options.image_size)
         images = []
         for name in self._store.rows(user, "x"):
             path = self.root / IMAGES / str(name)
@@ -208,22 +175,3 @@ class CelebaDataset(NaturalUsersDataset):
 
     def _user_test_mask(self, user: int) -> np.ndarray | None:
         return self._store.rows(user, "is_test") if self._has_split else None
-
-
-def write_fake_tree(root: Path, *, celebrities: int = 4, images_each: int = 3, seed: int = 0) -> Path:
-    """Write a tiny CelebA in the official layout (random JPEGs; for tests and demos). Needs Pillow."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    root = Path(root)
-    (root / IMAGES).mkdir(parents=True, exist_ok=True)
-    names = ["5_o_Clock_Shadow", "Arched_Eyebrows", ATTRIBUTE, "Young"]
-    identity, rows = [], []
-    for k in range(celebrities * images_each):
-        file = f"{k + 1:06d}.jpg"
-        Image.fromarray(rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)).save(root / IMAGES / file)
-        identity.append(f"{file} {1000 + k % celebrities}")
-        rows.append(file + " " + " ".join(rng.choice(["1", "-1"], len(names))))
-    (root / IDENTITY).write_text("\n".join(identity) + "\n")
-    (root / ATTRIBUTES).write_text(f"{len(rows)}\n" + " ".join(names) + "\n" + "\n".join(rows) + "\n")
-    return root

@@ -1,7 +1,7 @@
 """Pure functions that split sample indices among users and into train/test parts.
 
-All functions are deterministic in their seed (or generator) and return index arrays
-(``int64``) into the original sample array.
+All functions draw from the generator they are given (see ``fedsim.seeding``) and return
+index arrays (``int64``) into the original sample array.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def dirichlet_label_partition(
     labels: np.ndarray,
     num_partitions: int,
     alpha: float,
-    seed: int,
+    rng: np.random.Generator,
     min_size: int = 2,
 ) -> list[np.ndarray]:
     """Split samples among partitions with label proportions drawn from Dir(alpha).
@@ -34,7 +34,7 @@ def dirichlet_label_partition(
         labels: 1-D array of integer class labels, one per sample.
         num_partitions: Number of partitions (users).
         alpha: Dirichlet concentration, > 0.
-        seed: Seed of the random split.
+        rng: Generator that draws the split (advanced by this call).
         min_size: Smallest number of samples every partition must get.
 
     Returns:
@@ -57,10 +57,9 @@ def dirichlet_label_partition(
     if num_partitions * min_size > num_samples:
         raise DataError(
             f"cannot give {num_partitions} users at least {min_size} samples each from "
-            f"{num_samples} samples; lower the number of clients (or the design pool)"
+            f"{num_samples} samples; lower data.num_clients (or data.design_pool)"
         )
 
-    rng = np.random.default_rng(seed)
     class_indices = [np.flatnonzero(labels == c) for c in np.unique(labels)]
     for _ in range(MAX_DIRICHLET_TRIES):
         parts: list[list[np.ndarray]] = [[] for _ in range(num_partitions)]
@@ -76,17 +75,17 @@ def dirichlet_label_partition(
     raise DataError(
         f"Dirichlet split (alpha={alpha}) of {num_samples} samples left some of "
         f"{num_partitions} users with fewer than {min_size} samples in "
-        f"{MAX_DIRICHLET_TRIES} tries; raise alpha or lower the number of clients"
+        f"{MAX_DIRICHLET_TRIES} tries; raise data.options.alpha or lower data.num_clients"
     )
 
 
-def iid_partition(*, num_samples: int, num_partitions: int, seed: int) -> list[np.ndarray]:
+def iid_partition(*, num_samples: int, num_partitions: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Split ``range(num_samples)`` uniformly at random into near-equal partitions.
 
     Args:
         num_samples: Number of samples to split.
         num_partitions: Number of partitions; sizes differ by at most one.
-        seed: Seed of the random split.
+        rng: Generator that draws the split (advanced by this call).
 
     Returns:
         One sorted index array per partition; every index appears exactly once.
@@ -99,9 +98,9 @@ def iid_partition(*, num_samples: int, num_partitions: int, seed: int) -> list[n
     if num_samples < num_partitions:
         raise DataError(
             f"cannot split {num_samples} samples among {num_partitions} users; "
-            "lower the number of clients (or the design pool)"
+            "lower data.num_clients (or data.design_pool)"
         )
-    perm = np.random.default_rng(seed).permutation(num_samples)
+    perm = rng.permutation(num_samples)
     return [np.sort(part).astype(np.int64) for part in np.array_split(perm, num_partitions)]
 
 
@@ -151,3 +150,19 @@ def train_test_split_indices(
     num_train, _ = train_test_sizes(num_samples=num_samples, test_fraction=test_fraction)
     perm = rng.permutation(num_samples).astype(np.int64)
     return perm[:num_train], perm[num_train:]
+
+
+def subset_rows(*, num_samples: int, max_samples: int | None, rng: np.random.Generator) -> np.ndarray | None:
+    """A random, sorted subset of ``range(num_samples)`` of size ``max_samples``.
+
+    Args:
+        num_samples: The user's number of samples.
+        max_samples: The cap; None keeps all.
+        rng: Generator that draws the subset (only used when the cap binds).
+
+    Returns:
+        The kept indices, or None when every sample is kept.
+    """
+    if max_samples is None or num_samples <= max_samples:
+        return None
+    return np.sort(rng.choice(num_samples, size=max_samples, replace=False)).astype(np.int64)

@@ -25,6 +25,7 @@ import torch
 
 from fedsim.data import store
 from fedsim.data.leaf import find_leaf_files, read_leaf
+from fedsim.data.options import Sent140Options
 from fedsim.data.store import NaturalUsersDataset, UserStore
 from fedsim.data.text import DEFAULT_MAX_WORDS, TWEET_LEN, build_vocabulary, encode_words
 from fedsim.errors import DataError
@@ -171,64 +172,27 @@ def prepare(
 class Sent140Dataset(NaturalUsersDataset):
     """Sentiment140 tweets, one client per Twitter user; inputs are 25 token ids.
 
-    Args:
-        num_clients: Training users (ids ``0 .. num_clients - 1``).
-        design_pool_size: Users reserved for the adversary (the ids after).
-        root: Folder with the raw files (see the module docstring).
-        min_samples: Keep users with at least this many tweets (LEAF's ``-k``).
-        user_fraction: Keep this random fraction of those users (LEAF's ``--sf``).
-        max_samples: Cap on a user's tweets (a seeded random subset); None keeps all.
-        max_words: Vocabulary size without ``<pad>``/``<unk>`` (CANIFE: 10,000).
-        source: ``auto``, ``csv`` or ``leaf``.
-        csv_file: Name of the CSV inside ``root`` (default: the official name).
-        test_fraction: Fraction of each user's tweets held out (LEAF JSON keeps its split).
-        seed: Seed of user selection and per-user splits.
+    Takes ``FederatedDataset``'s arguments (``root``: the folder with the raw files, see
+    the module docstring); ``data.options``: ``Sent140Options`` (``min_samples``,
+    ``user_fraction``, ``max_samples``, ``max_words``: vocabulary size (CANIFE: 10,000),
+    ``source``, ``csv_file``). LEAF JSON keeps its own train/test split.
     """
 
     name = "sent140"
     num_classes = 2
     input_shape = (TWEET_LEN,)
     input_kind = "long"
+    options: Sent140Options
 
-    def __init__(
-        self,
-        *,
-        num_clients: int,
-        design_pool_size: int,
-        root: str | None = None,
-        min_samples: int = 1,
-        user_fraction: float = 1.0,
-        max_samples: int | None = None,
-        max_words: int = DEFAULT_MAX_WORDS,
-        source: str = "auto",
-        csv_file: str | None = None,
-        test_fraction: float = 0.2,
-        seed: int = 0,
-    ) -> None:
-        if root is None:
-            raise DataError(
-                f"sent140 needs data.root, the folder with {CSV_NAME}; run `fedsim data prepare sent140 --root DIR`"
-            )
-        if not 0 <= test_fraction < 1:
-            raise DataError(f"test_fraction must be in [0, 1), got {test_fraction}")
-        if max_samples is not None and max_samples < 1:
-            raise DataError(f"sent140 option max_samples={max_samples} is invalid; must be >= 1 or null")
-        self.root = Path(root)
-        self.test_fraction = float(test_fraction)
-        self.seed = int(seed)
-        self.max_samples = max_samples
-        self._store = UserStore(prepare(self.root, source=source, csv_file=csv_file, max_words=max_words))
+    def _build(self) -> None:
+        opts = self.options
+        self._store = UserStore(
+            prepare(self.root, source=opts.source, csv_file=opts.csv_file, max_words=opts.max_words)
+        )
         self.vocabulary: list[str] = self._store.meta["vocabulary"]
         self.vocab_size = len(self.vocabulary)
         self._has_split = self._store.has("is_test")
-        self._select_users(
-            counts=self._store.counts,
-            num_clients=num_clients,
-            design_pool_size=design_pool_size,
-            min_samples=min_samples,
-            user_fraction=user_fraction,
-            seed=seed,
-        )
+        self._select_users(self._store.counts)
 
     def _user_samples(self, user: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.from_numpy(self._store.rows(user, "x").astype(np.int64))

@@ -30,10 +30,12 @@ import torch
 
 from fedsim.data import store
 from fedsim.data.leaf import find_leaf_files, read_leaf
+from fedsim.data.options import ShakespeareOptions
 from fedsim.data.partition import train_test_sizes
 from fedsim.data.store import NaturalUsersDataset, UserStore
 from fedsim.data.text import NUM_CHARS, SEQ_LEN, encode_chars
 from fedsim.errors import DataError
+from fedsim.seeding import DATA_SUBSET
 
 KIND = "shakespeare"
 GUTENBERG_NAMES = ("pg100.txt", "100-0.txt", "raw_data.txt")
@@ -206,18 +208,11 @@ def prepare(root: Path, *, source: str = "auto", out: Path | None = None, force:
 class ShakespeareDataset(NaturalUsersDataset):
     """Next-character prediction over 80-character windows, one client per (play, role).
 
-    Args:
-        num_clients: Training users.
-        design_pool_size: Users reserved for the adversary.
-        root: Folder with the raw files (see the module docstring).
-        min_samples: Keep users with at least this many windows (LEAF used 64 for its
-            ``keep_64`` files).
-        user_fraction: Keep this random fraction of those users (LEAF's ``--sf``).
-        max_samples: Cap on a user's windows (a seeded random contiguous stretch of its
-            text, or a random subset of LEAF's samples); None keeps all.
-        source: ``auto``, ``leaf``, ``gutenberg`` or ``speeches``.
-        test_fraction: Fraction of each user's windows held out (LEAF JSON keeps its split).
-        seed: Seed of user selection and splits.
+    Takes ``FederatedDataset``'s arguments (``root``: the folder with the raw files, see
+    the module docstring); ``data.options``: ``ShakespeareOptions`` (``min_samples``:
+    windows a user needs (LEAF used 64 for its ``keep_64`` files), ``user_fraction``,
+    ``max_samples``: a random contiguous stretch of that many windows of a user's text, or
+    a random subset of LEAF's samples, ``source``). LEAF JSON keeps its own split.
     """
 
     name = "shakespeare"
@@ -225,33 +220,10 @@ class ShakespeareDataset(NaturalUsersDataset):
     input_shape = (SEQ_LEN,)
     input_kind = "long"
     vocab_size = NUM_CHARS
+    options: ShakespeareOptions
 
-    def __init__(
-        self,
-        *,
-        num_clients: int,
-        design_pool_size: int,
-        root: str | None = None,
-        min_samples: int = 1,
-        user_fraction: float = 1.0,
-        max_samples: int | None = None,
-        source: str = "auto",
-        test_fraction: float = 0.2,
-        seed: int = 0,
-    ) -> None:
-        if root is None:
-            raise DataError(
-                "shakespeare needs data.root (the folder with pg100.txt or LEAF's JSON); run `fedsim data prepare shakespeare --root DIR`"
-            )
-        if not 0 <= test_fraction < 1:
-            raise DataError(f"test_fraction must be in [0, 1), got {test_fraction}")
-        if max_samples is not None and max_samples < 1:
-            raise DataError(f"shakespeare option max_samples={max_samples} is invalid; must be >= 1 or null")
-        self.root = Path(root)
-        self.test_fraction = float(test_fraction)
-        self.seed = int(seed)
-        self.max_samples = max_samples
-        self._store = UserStore(prepare(self.root, source=source))
+    def _build(self) -> None:
+        self._store = UserStore(prepare(self.root, source=self.options.source))
         self.layout = self._store.meta["layout"]
         self._stream = self.layout == "stream"
         self._random_cap = not self._stream
@@ -260,20 +232,14 @@ class ShakespeareDataset(NaturalUsersDataset):
         if self._stream:
             counts = np.maximum(counts - SEQ_LEN, 0)
         self._counts = counts
-        self._select_users(
-            counts=counts,
-            num_clients=num_clients,
-            design_pool_size=design_pool_size,
-            min_samples=min_samples,
-            user_fraction=user_fraction,
-            seed=seed,
-        )
+        self._select_users(counts)
 
     def _user_count(self, user: int) -> int:
         n = int(self._counts[user])
-        if self._stream and self.max_samples is not None:
+        cap = self.options.max_samples
+        if self._stream and cap is not None:
             # the stretch holds max_samples usable windows plus the train/test gap
-            n = min(n, self.max_samples + (SEQ_LEN if self.test_fraction > 0 else 0))
+            n = min(n, cap + (SEQ_LEN if self.test_fraction > 0 else 0))
         return n
 
     def _stream_sizes(self, n: int) -> tuple[int, int, int]:
@@ -298,7 +264,7 @@ class ShakespeareDataset(NaturalUsersDataset):
         lo = int(self._store.offsets[user])
         start = 0
         if n < n_all:
-            start = int(np.random.default_rng([self.seed, 13, user]).integers(0, n_all - n + 1))
+            start = int(self._rng(DATA_SUBSET, user).integers(0, n_all - n + 1))
         text = np.array(self._store.array("x")[lo + start : lo + start + n + SEQ_LEN]).astype(np.int64)
         chars = torch.from_numpy(text)
         return chars.unfold(0, SEQ_LEN, 1)[:n].contiguous(), chars[SEQ_LEN:].clone()

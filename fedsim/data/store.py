@@ -11,7 +11,8 @@ is_test.npy    optional bool per row: a split given by the source (LEAF's train/
 ```
 
 Loaders open the arrays memory-mapped, so building a data set of a million users reads
-only ``offsets`` and ``users``; a client's rows are read when that client trains.
+only ``offsets`` and ``users``; a client's rows are read when that client trains. The
+arrays are read without pickle and the rest is JSON, so nothing read here can run code.
 A folder is written to a temporary sibling and renamed into place, so a killed
 preparation never leaves a half-written store that looks complete.
 """
@@ -30,8 +31,10 @@ import numpy as np
 import torch
 
 from fedsim.data.base import ClientData, FederatedDataset
-from fedsim.data.partition import train_test_sizes, train_test_split_indices
+from fedsim.data.options import NaturalUsersOptions
+from fedsim.data.partition import subset_rows, train_test_sizes, train_test_split_indices
 from fedsim.errors import DataError
+from fedsim.seeding import DATA_PARTITION, DATA_SPLIT, DATA_SUBSET
 
 #: bump when the layout of prepared folders changes (old caches are then re-prepared)
 FORMAT_VERSION = 1
@@ -153,13 +156,13 @@ class UserStore:
             raise DataError(f"prepared data in {self.folder} is missing or incomplete; prepare it again")
         self.meta = meta
         self.users: list[str] = json.loads((self.folder / "users.json").read_text())
-        self.offsets = np.load(self.folder / "offsets.npy")
+        self.offsets = np.load(self.folder / "offsets.npy", allow_pickle=False)
         self._arrays: dict[str, np.ndarray] = {}
 
     def array(self, key: str) -> np.ndarray:
         """A stored array, memory-mapped (opened on first use)."""
         if key not in self._arrays:
-            self._arrays[key] = np.load(self.folder / f"{key}.npy", mmap_mode="r")
+            self._arrays[key] = np.load(self.folder / f"{key}.npy", mmap_mode="r", allow_pickle=False)
         return self._arrays[key]
 
     def has(self, key: str) -> bool:
@@ -178,55 +181,37 @@ class UserStore:
 class NaturalUsersDataset(FederatedDataset):
     """Users as the data defines them (tweet author, play role, celebrity), LEAF style.
 
-    Subclasses provide ``_user_names()``, ``_user_count(u)`` (samples of stored user u),
-    ``_user_samples(u)`` (that user's inputs and labels as tensors, read lazily) and
-    optionally ``_user_test_mask(u)`` (a split given by the source, e.g. LEAF's files).
-    ``max_samples`` caps a user's samples by a seeded random subset (for CPU-sized runs). Selection, in this order, with generators seeded from
-    ``seed``: keep users with at least ``min_samples`` samples; keep a random
-    ``user_fraction`` of them (LEAF's ``--sf``); shuffle; the first ``num_clients`` train,
-    the next ``design_pool_size`` form the adversary's design pool (disjoint, never
-    sampled for training). A user's own samples are split into train and test parts by a
-    generator keyed by the user, so the split does not depend on which users were chosen.
+    Subclasses build ``self._store`` and call ``_select_users(counts)`` in ``_build``, and
+    provide ``_user_samples(u)`` (stored user u's inputs and labels as tensors, read
+    lazily) and optionally ``_user_test_mask(u)`` (a split given by the source, e.g.
+    LEAF's files). Options (``NaturalUsersOptions``): keep users with at least
+    ``min_samples`` samples; keep a random ``user_fraction`` of them (LEAF's ``--sf``);
+    shuffle; the first ``num_clients`` train, the next ``design_pool_size`` form the
+    adversary's design pool (disjoint, never sampled for training). ``max_samples`` caps
+    a user's samples by a random subset (for CPU-sized runs). A user's own samples are
+    split into train and test parts by a generator keyed by the user, so the split does
+    not depend on which users were chosen.
     """
 
+    options: NaturalUsersOptions
     _users: np.ndarray  # store user index per client id
 
-    def _select_users(
-        self,
-        *,
-        counts: np.ndarray,
-        num_clients: int,
-        design_pool_size: int,
-        min_samples: int,
-        user_fraction: float,
-        seed: int,
-    ) -> None:
-        if num_clients < 1:
-            raise DataError(f"{self.name} needs at least 1 client, got num_clients={num_clients}")
-        if design_pool_size < 0:
-            raise DataError(f"design_pool_size must be >= 0, got {design_pool_size}")
-        if min_samples < 1:
-            raise DataError(f"{self.name} option min_samples={min_samples} is invalid; must be >= 1")
-        if not 0 < user_fraction <= 1:
-            raise DataError(f"{self.name} option user_fraction={user_fraction} is invalid; must be in (0, 1]")
-        if seed < 0:
-            raise DataError(f"seed must be >= 0, got {seed}")
-        eligible = np.flatnonzero(np.asarray(counts) >= min_samples)
-        rng = np.random.default_rng([seed, 7, 0])
-        if user_fraction < 1:
-            keep = max(1, int(round(user_fraction * len(eligible))))
+    def _select_users(self, counts: np.ndarray) -> None:
+        opts = self.options
+        eligible = np.flatnonzero(np.asarray(counts) >= opts.min_samples)
+        rng = self._rng(DATA_PARTITION)
+        if opts.user_fraction < 1:
+            keep = max(1, int(round(opts.user_fraction * len(eligible))))
             eligible = np.sort(rng.choice(eligible, size=keep, replace=False)) if len(eligible) else eligible
-        needed = num_clients + design_pool_size
+        needed = self.num_clients + self.design_pool_size
         if len(eligible) < needed:
+            after = f" (after user_fraction={opts.user_fraction})" if opts.user_fraction < 1 else ""
             raise DataError(
-                f"{self.name} has {len(eligible)} users with at least {min_samples} samples"
-                f"{f' (after user_fraction={user_fraction})' if user_fraction < 1 else ''}, fewer than "
-                f"num_clients + design_pool = {num_clients} + {design_pool_size}; lower data.num_clients "
+                f"{self.name} has {len(eligible)} users with at least {opts.min_samples} samples{after}, fewer than "
+                f"num_clients + design_pool = {self.num_clients} + {self.design_pool_size}; lower data.num_clients "
                 "or data.design_pool, or data.options.min_samples"
             )
         self._users = rng.permutation(eligible)[:needed].astype(np.int64)
-        self._num_clients = int(num_clients)
-        self._design_pool_size = int(design_pool_size)
 
     def user_name(self, client_id: int) -> str:
         """The natural user (tweet author, play and role, celebrity id) behind a client id."""
@@ -250,17 +235,19 @@ class NaturalUsersDataset(FederatedDataset):
 
     def _split(self, user: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Train and test row indices of a user's ``n`` (kept) samples."""
-        rng = np.random.default_rng([self.seed, 11, user])
-        return train_test_split_indices(num_samples=n, test_fraction=self.test_fraction, rng=rng)
+        return train_test_split_indices(
+            num_samples=n, test_fraction=self.test_fraction, rng=self._rng(DATA_SPLIT, user)
+        )
 
     #: whether the base class applies ``max_samples`` by a random subset of rows
     _random_cap = True
-    max_samples: int | None = None
 
     def _kept(self, user: int) -> np.ndarray | None:
         if not self._random_cap:
             return None
-        return cap_rows(self._user_count(user), self.max_samples, seed=self.seed, user=user)
+        return subset_rows(
+            num_samples=self._user_count(user), max_samples=self.options.max_samples, rng=self._rng(DATA_SUBSET, user)
+        )
 
     # --- FederatedDataset -----------------------------------------------------------
     def num_train_samples(self, client_id: int) -> int:
@@ -287,11 +274,3 @@ class NaturalUsersDataset(FederatedDataset):
             train, test = self._split(user, int(y.shape[0]))
         train_t, test_t = torch.from_numpy(train), torch.from_numpy(test)
         return ClientData(x_train=x[train_t], y_train=y[train_t], x_test=x[test_t], y_test=y[test_t])
-
-
-def cap_rows(n: int, max_samples: int | None, *, seed: int, user: int) -> np.ndarray | None:
-    """A seeded, sorted subset of ``range(n)`` of size ``max_samples`` (None: keep all)."""
-    if max_samples is None or n <= max_samples:
-        return None
-    rng = np.random.default_rng([seed, 13, user])
-    return np.sort(rng.choice(n, size=max_samples, replace=False))

@@ -1,4 +1,4 @@
-"""The audit's replays: add/remove adjacency on the same re-drawn cohorts."""
+"""The audit's replays: the run's adjacency on re-drawn cohorts, fresh noise each."""
 
 import numpy as np
 import pytest
@@ -6,50 +6,62 @@ import pytest
 from fedsim.canaries.audit import CanaryAuditor
 from fedsim.config import scenario_from_dict
 from fedsim.experiment import dataset_for
+from fedsim.privacy import DpMechanism
 from fedsim.strategies.aggregation import clip_updates
 from fedsim.strategies.dp import FixedClippingAggregator
 
 
-def _auditor(tests: int) -> CanaryAuditor:
+def _auditor(tests: int, sampling: str = "poisson") -> CanaryAuditor:
     scenario = scenario_from_dict(
         {
             "clients_per_round": 3,
+            "sampling": sampling,
             "data": {"num_clients": 10, "design_pool": 2},
-            "audit": {"enabled": True, "design_pool": 2, "tests": tests},
+            "audit": {"enabled": True, "design_pool": 2, "tests": tests, "estimators": ["gaussian"]},
         }
     )
-    return CanaryAuditor(scenario=scenario, dataset=dataset_for(scenario))
+    mechanism = DpMechanism.from_scenario(scenario)
+    return CanaryAuditor(scenario=scenario, dataset=dataset_for(scenario), mechanism=mechanism)
 
 
 def test_with_aggregates_are_the_same_cohorts_plus_the_canary_client():
     rng = np.random.default_rng(0)
     cohort = rng.normal(size=(6, 20))
-    canary = rng.normal(size=20) * 5
-    clipped = clip_updates(canary[None], clip_norm=1.0)[0]
+    clipped = clip_updates(rng.normal(size=(1, 20)) * 5, clip_norm=1.0)[0]
+    aggregator = FixedClippingAggregator(noise_multiplier=0.0, clip_norm=1.0, expected_cohort=3, clip_on_server=True)
+    replay = _auditor(tests=300).replay(cohort_updates=cohort, canary_update=clipped, aggregator=aggregator, rng=rng)
+    # without noise, adding the canary client to the same cohort moves the score by exactly 1
+    np.testing.assert_allclose(replay.scores_with - replay.scores_without, 1.0, atol=1e-5)
+    # and the cohorts really are re-drawn (rate 3/6): the scores vary from test to test
+    assert np.std(replay.scores_without) > 0.1
+
+
+def test_fixed_cohorts_are_audited_under_replace_one():
+    """A fixed cohort's neighbour swaps one member for the canary client, as its accountant
+    (replace-one) assumes: without noise the score moves by 1 - <v, clip(u_j)> / C."""
+    rng = np.random.default_rng(4)
+    cohort = clip_updates(rng.normal(size=(3, 20)), clip_norm=1.0)
+    clipped = clip_updates(rng.normal(size=(1, 20)), clip_norm=1.0)[0]
     direction = clipped / np.linalg.norm(clipped)
     aggregator = FixedClippingAggregator(noise_multiplier=0.0, clip_norm=1.0, expected_cohort=3, clip_on_server=True)
-    scores_with, scores_without = _auditor(tests=300)._test(
-        cohort_updates=cohort, canary_update=clipped, direction=direction, scale=1.0, aggregator=aggregator, rng=rng
-    )
-    # without noise, adding the canary client to the same cohort moves the score by exactly 1
-    np.testing.assert_allclose(scores_with - scores_without, 1.0)
-    # and the cohorts really are re-drawn (rate 3/6): the scores vary from test to test
-    assert np.std(scores_without) > 0.1
+    auditor = _auditor(tests=600, sampling="fixed")
+    replay = auditor.replay(cohort_updates=cohort, canary_update=clipped, aggregator=aggregator, rng=rng)
+    np.testing.assert_allclose(replay.scores_without, cohort.sum(axis=0) @ direction, rtol=1e-5)  # the whole cohort
+    shifts = np.round(replay.scores_with - replay.scores_without, 4)
+    expected = np.round(1 - cohort @ direction, 4)  # one of the three members swapped out
+    assert set(shifts) == set(expected)
+    assert replay.noise_multiplier == 0.0 and auditor.mechanism.adjacency == "replace_one"
 
 
 def test_replays_add_fresh_noise_with_the_strategys_std():
     rng = np.random.default_rng(1)
     aggregator = FixedClippingAggregator(noise_multiplier=1.5, clip_norm=0.5, expected_cohort=3, clip_on_server=True)
     direction = np.eye(30)[0]
-    scores_with, scores_without = _auditor(tests=20_000)._test(
-        cohort_updates=np.zeros((0, 30)),
-        canary_update=0.5 * direction,
-        direction=direction,
-        scale=0.5,
-        aggregator=aggregator,
-        rng=rng,
+    replay = _auditor(tests=20_000).replay(
+        cohort_updates=np.zeros((0, 30)), canary_update=0.5 * direction, aggregator=aggregator, rng=rng
     )
-    # s = <v, U> / C: pure noise N(0, z^2) without, N(1, z^2) with
+    scores_with, scores_without = replay.scores_with, replay.scores_without
+    # s = <v, U> / C: pure noise N(0, z^2) without, N(1, z^2) with (an empty cohort)
     assert scores_without.std() == pytest.approx(1.5, rel=0.03) and scores_with.std() == pytest.approx(1.5, rel=0.03)
     assert scores_with.mean() - scores_without.mean() == pytest.approx(1.0, abs=0.06)
     assert abs(np.corrcoef(scores_with, scores_without)[0, 1]) < 0.05  # fresh noise for each

@@ -9,25 +9,24 @@ import torch
 from fedsim.data import CelebaDataset, Cifar10Dataset, make_dataset
 from fedsim.data import cifar10 as cifar_mod
 from fedsim.errors import DataError
+from tests.fixtures.fake_datasets import write_fake_celeba, write_fake_cifar10
 
 
 def _raw_cifar(root):
     xs, ys = [], []
     for name in cifar_mod.TRAIN_BATCHES:
-        batch = pickle.loads((root / cifar_mod.FOLDER / name).read_bytes(), encoding="bytes")
+        batch = pickle.loads((root / cifar_mod.FOLDER / name).read_bytes(), encoding="bytes")  # the test's own file
         xs.append(batch[b"data"].reshape(-1, 3, 32, 32))
         ys += batch[b"labels"]
     return np.concatenate(xs), np.array(ys)
 
 
 @pytest.mark.parametrize("tarball", [False, True])
-def test_cifar10_images_are_partitioned_once_and_normalised(tmp_path, tarball):
-    cifar_mod.write_fake_tree(tmp_path, images_per_batch=40, tarball=tarball)
-    raw_x, raw_y = _raw_cifar(tmp_path)
-    if tarball:
-        import shutil
-
-        shutil.rmtree(tmp_path / cifar_mod.FOLDER)
+def test_cifar10_images_are_partitioned_once_and_normalised(tmp_path, fake_cifar10, tarball):
+    write_fake_cifar10(tmp_path / "copy", images_per_batch=40)  # the same images, to compare with
+    raw_x, raw_y = _raw_cifar(tmp_path / "copy")
+    fake_cifar10(tmp_path, images_per_batch=40, tarball=tarball)
+    assert (tmp_path / cifar_mod.FOLDER).exists() != tarball
     ds = make_dataset(
         name="cifar10",
         num_clients=8,
@@ -52,8 +51,8 @@ def test_cifar10_images_are_partitioned_once_and_normalised(tmp_path, tarball):
     assert ds.num_train_samples(3) == users[3].num_train
 
 
-def test_cifar10_dirichlet_is_label_skewed_and_missing_files_are_named(tmp_path):
-    cifar_mod.write_fake_tree(tmp_path, images_per_batch=200)
+def test_cifar10_dirichlet_is_label_skewed_and_missing_files_are_named(tmp_path, fake_cifar10):
+    fake_cifar10(tmp_path, images_per_batch=200)
     skewed = Cifar10Dataset(num_clients=10, design_pool_size=0, root=str(tmp_path), alpha=0.1, seed=0)
     iid = Cifar10Dataset(num_clients=10, design_pool_size=0, root=str(tmp_path), partition="iid", seed=0)
 
@@ -75,7 +74,7 @@ def test_celeba_clients_are_celebrities_labelled_smiling(tmp_path):
     pytest.importorskip("PIL")
     from fedsim.data import celeba as celeba_mod
 
-    celeba_mod.write_fake_tree(tmp_path, celebrities=5, images_each=4)
+    write_fake_celeba(tmp_path, celebrities=5, images_each=4)
     identity = dict(line.split() for line in (tmp_path / celeba_mod.IDENTITY).read_text().splitlines())
     lines = (tmp_path / celeba_mod.ATTRIBUTES).read_text().splitlines()
     column = lines[1].split().index("Smiling") + 1

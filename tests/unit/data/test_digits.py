@@ -96,12 +96,13 @@ def test_out_of_range_client_id_raises(cid):
 
 
 def test_too_many_users_raises_data_error():
-    with pytest.raises(DataError, match="lower the number of clients"):
+    with pytest.raises(DataError, match="lower data.num_clients"):
         DigitsDataset(num_clients=1790, design_pool_size=10, partition="iid")
-    with pytest.raises(DataError, match="lower the number of clients"):
+    with pytest.raises(DataError, match="lower data.num_clients"):
         DigitsDataset(num_clients=900, design_pool_size=0, partition="dirichlet")
 
 
-def test_unknown_partition_raises():
-    with pytest.raises(DataError, match="partition='shards'"):
+def test_unknown_partition_raises_naming_the_option():
+    with pytest.raises(DataError, match="data.options.partition") as err:
         DigitsDataset(num_clients=5, design_pool_size=0, partition="shards")
+    assert "'shards'" in str(err.value) and "dirichlet" in str(err.value)

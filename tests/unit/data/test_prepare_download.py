@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from fedsim.cli import app
 from fedsim.data import Sent140Dataset
 from fedsim.data import cifar10 as cifar_mod
+from tests.fixtures.fake_datasets import write_fake_cifar10
 
 
 @pytest.fixture()
@@ -84,9 +85,7 @@ def test_wrong_checksum_is_refused_and_not_kept(tmp_path, sample_zip, monkeypatc
 
 def test_cifar10_tarball_from_local_server(tmp_path, served):
     folder, base = served
-    cifar_mod.write_fake_tree(folder / "src", images_per_batch=10, tarball=True)
-    (folder / "src" / cifar_mod.TARBALL).rename(folder / cifar_mod.TARBALL)
-    digest = hashlib.sha256((folder / cifar_mod.TARBALL).read_bytes()).hexdigest()
+    digest = write_fake_cifar10(folder, images_per_batch=10, tarball=True)[cifar_mod.TARBALL]
     root = tmp_path / "cifar"
     result = CliRunner().invoke(
         app,

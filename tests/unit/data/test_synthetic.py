@@ -178,7 +178,7 @@ def test_make_dataset_builds_synthetic_with_options():
         options={"alpha": 0.5, "dim": 12},
     )
     assert isinstance(ds, SyntheticDataset)
-    assert (ds.num_clients, ds.design_pool_size, ds.alpha, ds.seed) == (7, 2, 0.5, 5)
+    assert (ds.num_clients, ds.design_pool_size, ds.options.alpha, ds.seed) == (7, 2, 0.5, 5)
     assert ds.client(8).x_train.shape[1] == 12
     direct = SyntheticDataset(num_clients=7, design_pool_size=2, test_fraction=0.1, seed=5, alpha=0.5, dim=12)
     assert_same(ds.client(3), direct.client(3))
@@ -204,7 +204,7 @@ def test_make_dataset_unknown_name_lists_known_ones():
 
 
 def test_make_dataset_unknown_option_names_it_and_the_allowed_ones():
-    with pytest.raises(DataError, match="'alhpa'") as err:
+    with pytest.raises(DataError, match="data.options.alhpa") as err:
         make_dataset(
             name="synthetic",
             num_clients=2,
@@ -214,11 +214,12 @@ def test_make_dataset_unknown_option_names_it_and_the_allowed_ones():
             options={"alhpa": 0.5},
         )
     message = str(err.value)
+    assert "did you mean 'data.options.alpha'?" in message
     assert "alpha" in message and "beta" in message and "\n" not in message
 
 
 def test_make_dataset_refuses_common_settings_in_options():
-    with pytest.raises(DataError, match="seed"):
+    with pytest.raises(DataError, match="data.options.seed.*scenario key 'seed'"):
         make_dataset(
             name="synthetic",
             num_clients=2,
@@ -230,7 +231,7 @@ def test_make_dataset_refuses_common_settings_in_options():
 
 
 def test_make_dataset_wrong_option_type_is_a_data_error():
-    with pytest.raises(DataError, match="wrong type"):
+    with pytest.raises(DataError, match="data.options.alpha.*'high'"):
         make_dataset(
             name="synthetic",
             num_clients=2,
@@ -239,3 +240,17 @@ def test_make_dataset_wrong_option_type_is_a_data_error():
             seed=0,
             options={"alpha": "high"},
         )
+
+
+def test_every_registered_data_set_has_a_loader_that_matches_its_declared_options():
+    from fedsim.data import DATA_OPTIONS, dataset_class
+
+    for name, options in DATA_OPTIONS.items():
+        cls = dataset_class(name)
+        assert cls.name == name
+        assert (cls.input_kind == "long") == (options.inputs == "tokens"), name
+        shape = getattr(cls, "input_shape", None)
+        if shape is not None:
+            assert (len(shape) == 3) == (options.inputs == "images"), name
+    with pytest.raises(DataError, match="did you mean 'digits'"):
+        dataset_class("digit")

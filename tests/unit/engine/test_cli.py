@@ -50,7 +50,7 @@ def test_privacy_epsilon_matches_published_figures(args, expected):
     assert json.loads(result.stdout)["epsilon"] == pytest.approx(expected, rel=0.01)
 
 
-def test_privacy_inverse_and_without_replacement():
+def test_privacy_inverse_and_fixed_cohorts():
     inverse = json.loads(
         _fedsim(
             "privacy", "epsilon", "--target-epsilon", "1.83", "--sampling-rate", "0.01", "--rounds", "1000", "--json"
@@ -68,7 +68,7 @@ def test_privacy_inverse_and_without_replacement():
             "--rounds",
             "1000",
             "--sampling",
-            "without-replacement",
+            "fixed",
             "--population",
             "1000",
             "--json",
@@ -86,7 +86,7 @@ def test_privacy_inverse_and_without_replacement():
         "--rounds",
         "10",
         "--sampling",
-        "without-replacement",
+        "fixed",
         "--population",
         "1000",
         "--accountant",
