@@ -323,11 +323,17 @@ def create_app(*, runs_dir: Path, refresh_s: float = 3.0) -> Dash:
             )
             return histogram, _empty(""), {"display": "none"}, note
         curve = figures.what_if_curve(
-            points, title=f"What if round {round_number} of {run_id} had used another noise multiplier"
+            points,
+            title=f"What if round {round_number} of {run_id} had used another noise multiplier",
+            run_noise_multiplier=_as_number(audit.summary.get("noise_multiplier")),
         )
         return histogram, curve, {}, ""
 
     return app
+
+
+def _as_number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
 
 
 def _has_audits(runs: pd.DataFrame, run_id: str) -> bool:

@@ -367,10 +367,16 @@ def score_histograms(
     )
 
 
-def what_if_curve(what_if: pd.DataFrame, *, title: str = "What if: per-round ε at other noise levels") -> go.Figure:
+def what_if_curve(
+    what_if: pd.DataFrame,
+    *,
+    title: str = "What if: per-round ε at other noise levels",
+    run_noise_multiplier: float | None = None,
+) -> go.Figure:
     """Per-round epsilon against the noise multiplier (an audited round replayed at each
     what-if noise level): theory (bound), the empirical estimate with its confidence
-    interval, and the lower bound. One colour per (run, round) in ``what_if``."""
+    interval, and the lower bound. One colour per (run, round) in ``what_if``; a dotted
+    vertical line marks ``run_noise_multiplier``, the noise the run really used."""
     figure = go.Figure()
     frame = what_if.copy()
     if "run_id" not in frame:
@@ -402,7 +408,7 @@ def what_if_curve(what_if: pd.DataFrame, *, title: str = "What if: per-round ε 
                 x=z,
                 y=estimate,
                 mode="markers",
-                marker={"color": color, "size": 9, "symbol": "circle"},
+                marker={"color": color, "size": 10, "symbol": "diamond"},
                 error_y={
                     "type": "data",
                     "symmetric": False,
@@ -426,6 +432,14 @@ def what_if_curve(what_if: pd.DataFrame, *, title: str = "What if: per-round ε 
                 hovertemplate="z %{x}<br>lower bound ε %{y:.3f}<extra></extra>",
                 **group,
             )
+        )
+    if run_noise_multiplier is not None and math.isfinite(run_noise_multiplier):
+        figure.add_vline(
+            x=run_noise_multiplier,
+            line={"color": "#57606a", "dash": "dot", "width": 1.5},
+            annotation_text=f"the run's own z = {run_noise_multiplier:g}",
+            annotation_position="top right",
+            annotation_font_size=11,
         )
     return _layout(figure, title=title, x_title="noise multiplier z (replayed)", y_title="ε of one round")
 

@@ -95,7 +95,9 @@ def build_report(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]
                 (
                     f"What if {run_id}, round {round_number}, had used another noise multiplier",
                     figures.what_if_curve(
-                        points, title=f"What if round {round_number} of {run_id} had used another noise multiplier"
+                        points,
+                        title=f"What if round {round_number} of {run_id} had used another noise multiplier",
+                        run_noise_multiplier=run["dp.noise_multiplier"].iloc[0],
                     ),
                 )
             )
