@@ -252,7 +252,7 @@ def create_app(*, runs_dir: Path, refresh_s: float = 3.0) -> Dash:
         counts = ", ".join(f"{count} {status}" for status, count in statuses.items())
         status_line = (
             f"{runs_dir.resolve()} · {runs['run_id'].nunique()} runs ({counts}) · "
-            f"{table.shape[0]} shown · refreshes every {refresh_s:g} s · last read {now}"
+            f"{table.shape[0]} shown · checks for new rounds every {refresh_s:g} s · last redrawn {now}"
         )
         audited = [run for run in dict.fromkeys(shown["run_id"]) if _has_audits(shown, run)]
         return (

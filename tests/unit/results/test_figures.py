@@ -137,8 +137,10 @@ def test_what_if_curve_draws_theory_estimate_and_bound_against_noise():
             "lower_bound": [1.0, 6.0, 2.0],
         }
     )
-    figure = figures.what_if_curve(points)
+    figure = figures.what_if_curve(points, run_noise_multiplier=0.7)
     theory, estimate, lower = figure.data
+    (own,) = figure.layout.shapes
+    assert own.x0 == own.x1 == 0.7 and "z = 0.7" in figure.layout.annotations[0].text
     assert list(theory.x) == [0.5, 1.0, 2.0] and list(theory.y) == [11.0, 4.8, 2.5]
     assert list(estimate.y) == [9.0, 4.0, 2.0] and list(estimate.error_y.array) == [1.0, 1.0, 0.5]
     assert list(lower.y) == [6.0, 2.0, 1.0] and theory.legendgroup == "r round 2"
