@@ -97,6 +97,77 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+class RunProgress:
+    """The progress bar of one run (round, accuracy, theoretical epsilon and, when the
+    audit is on, the empirical one beside it) and its closing summary."""
+
+    def __init__(self, *, console, name: str, rounds: int, delta: float, audited: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = console
+        self.rounds = rounds
+        self.delta = delta
+        self.audited = audited
+        self.last_audited = None
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("acc {task.fields[acc]}  {task.fields[eps]}"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not console.is_terminal,
+        )
+        self.task = self.progress.add_task(f"{name} round", total=rounds, acc="-", eps=self._epsilon(None))
+
+    def _epsilon(self, row) -> str:
+        theory = f"ε theory {_fmt(row.epsilon_cumulative_theory, 2) if row else '-'}"
+        if not self.audited:
+            return theory
+        empirical = _fmt(row.epsilon_cumulative_empirical_extrapolated, 2) if row else "-"
+        if self.last_audited is None:
+            return f"{theory}  empirical {empirical} (extrapolated)"
+        audited = self.last_audited
+        return (
+            f"{theory}  empirical {empirical} (extrapolated; "
+            f"round {audited.round} estimate {_fmt(audited.epsilon_round_empirical, 2)})"
+        )
+
+    def on_round(self, row) -> None:
+        if row.epsilon_round_empirical is not None or row.epsilon_round_empirical_lower_bound is not None:
+            self.last_audited = row
+        self.progress.update(self.task, advance=1, acc=_fmt(row.eval_accuracy), eps=self._epsilon(row))
+        if not self.console.is_terminal:
+            self.console.print(
+                f"round {row.round}/{self.rounds}  clients {row.clients}  "
+                f"acc {_fmt(row.eval_accuracy)}  {self._epsilon(row)}",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+    def summary(self, rows) -> list[str]:
+        """The end-of-run lines."""
+        last = rows[-1]
+        lines = [
+            f"done: {len(rows)} rounds, final accuracy {_fmt(last.eval_accuracy)}, "
+            f"epsilon {_fmt(last.epsilon_cumulative_theory, 2)} at delta {self.delta:g} (theory, upper bound)"
+        ]
+        if self.audited:
+            audited = self.last_audited
+            line = (
+                f"empirical epsilon {_fmt(last.epsilon_cumulative_empirical_extrapolated, 2)} "
+                "(extrapolated from the per-round audit estimates)"
+            )
+            if audited is not None:
+                line += (
+                    f"; audited round {audited.round}: estimate {_fmt(audited.epsilon_round_empirical, 2)}, "
+                    f"lower bound {_fmt(audited.epsilon_round_empirical_lower_bound, 2)}, "
+                    f"theory {_fmt(audited.epsilon_round_theory, 2)}"
+                )
+            lines.append(line)
+        return lines
+
+
 @app.command()
 @friendly
 def run(
@@ -125,6 +196,7 @@ def run(
         name=resolved.name,
         rounds=resolved.rounds,
         delta=resolved.dp.delta,
+        audited=resolved.audit.enabled,
         where=out,
         execute=lambda on_round, on_start: run_scenario(
             scenario=resolved,
@@ -163,6 +235,7 @@ def resume(
         name=store.run_id,
         rounds=int(planned["rounds"]),
         delta=float(planned["dp"]["delta"]),
+        audited=bool(planned.get("audit", {}).get("enabled")),
         where=run_folder,
         execute=lambda on_round, on_start: resume_run(
             path=run_folder,
@@ -175,43 +248,25 @@ def resume(
     )
 
 
-def _with_progress(*, name: str, rounds: int, delta: float, where: Path, execute) -> None:
+def _with_progress(*, name: str, rounds: int, delta: float, audited: bool, where: Path, execute) -> None:
     """Run ``execute(on_round, on_start)`` under a progress bar; Ctrl-C and SIGTERM stop it
     with every finished round kept (exit code 130)."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     signal.signal(signal.SIGINT, _quiet_interrupt)
     signal.signal(signal.SIGTERM, _quiet_interrupt)
     console = Console(stderr=True)
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("acc {task.fields[acc]}  eps {task.fields[eps]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not console.is_terminal,
-    )
-    task = progress.add_task(f"{name} round", total=rounds, acc="-", eps="-")
+    progress = RunProgress(console=console, name=name, rounds=rounds, delta=delta, audited=audited)
     started: dict[str, Any] = {}
 
     def on_start(store) -> None:
         started["store"] = store
-        progress.update(task, completed=store.manifest()["rounds_completed"])
+        progress.progress.update(progress.task, completed=store.manifest()["rounds_completed"])
         console.print(f"run folder: {store.path}")
 
-    def on_round(row) -> None:
-        progress.update(task, advance=1, acc=_fmt(row.eval_accuracy), eps=_fmt(row.epsilon_cumulative_theory, 2))
-        if not console.is_terminal:
-            console.print(
-                f"round {row.round}/{rounds}  clients {row.clients}  "
-                f"acc {_fmt(row.eval_accuracy)}  eps {_fmt(row.epsilon_cumulative_theory, 2)}"
-            )
-
     try:
-        with progress:
-            result = execute(on_round, on_start)
+        with progress.progress:
+            result = execute(progress.on_round, on_start)
     except KeyboardInterrupt:
         store = started.get("store")
         typer.echo(
@@ -224,12 +279,199 @@ def _with_progress(*, name: str, rounds: int, delta: float, where: Path, execute
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(EXIT_INTERRUPTED)
-    last = result.rows[-1]
-    typer.echo(
-        f"done: {len(result.rows)} rounds, final accuracy {_fmt(last.eval_accuracy)}, "
-        f"epsilon {_fmt(last.epsilon_cumulative_theory, 2)} at delta {delta:g}"
-    )
+    for line in progress.summary(result.rows):
+        typer.echo(line)
     typer.echo(f"results: {result.store.path}  (rounds.csv, manifest.json, scenario.yaml)")
+
+
+def _compare_output(table, *, as_csv: bool) -> None:
+    """Print a compare table: rich for people, CSV (machine-readable names) with --csv."""
+    if as_csv:
+        typer.echo(table.to_csv(index=False, lineterminator="\n"), nl=False)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from fedsim.compare import COMPARE_COLUMNS, format_cell
+
+    shown = [column for column in COMPARE_COLUMNS if column != "rounds_planned"]
+    rows = []
+    for _, row in table.iterrows():
+        rows.append(
+            [
+                f"{format_cell(row[c])}/{format_cell(row['rounds_planned'])}"
+                if c == "rounds_done"
+                else format_cell(row[c])
+                for c in shown
+            ]
+        )
+    view = Table(title="fedsim runs: ε at each run's δ; theory is a bound, cumulative empirical an extrapolation")
+    for i, column in enumerate(shown):
+        label = "rounds done/ planned" if column == "rounds_done" else COMPARE_COLUMNS[column]
+        widest = max([len(cells[i]) for cells in rows], default=1)
+        view.add_column(
+            label, justify="left" if column == "run_id" else "right", min_width=widest, max_width=max(widest, 14)
+        )
+    for cells in rows:
+        view.add_row(*cells)
+    console = Console()
+    # values never fold (headers wrap); a pipe or file gets the whole width it needs
+    Console(width=console.width if console.is_terminal else 400).print(view)
+
+
+@app.command()
+@friendly
+def compare(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run folders, or folders of runs (searched recursively)", show_default=False)
+    ],
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV (machine-readable column names)")] = False,
+) -> None:
+    """Compare runs: one row per run with accuracy, theoretical and empirical epsilon."""
+    from fedsim.compare import compare_table
+    from fedsim.results import load_runs
+
+    _compare_output(compare_table(load_runs(runs)), as_csv=as_csv)
+
+
+@app.command()
+@friendly
+def sweep(
+    scenario: Annotated[Path, typer.Argument(help="Scenario YAML file, e.g. scenarios/quickstart.yaml")],
+    grid: Annotated[
+        list[str],
+        typer.Option("--grid", help="key=v1,v2,... : one run per combination of values (repeatable)"),
+    ],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a scenario key in every run: key=value (repeatable)")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Parent folder of the sweep's run folders")] = Path("runs"),
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="Attach to a running Ray cluster (HOST:PORT)")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show Flower and Ray logs")] = False,
+    engine: Annotated[
+        EngineChoice | None, typer.Option("--engine", help="flower (Flower on Ray, default) or inprocess")
+    ] = None,
+) -> None:
+    """Run a scenario once per combination of --grid values, one run folder each.
+
+    Folders are named after their overrides (OUT/NAME__key=value__...). Running the same
+    sweep again skips completed combinations and reruns the others; an unfinished folder
+    is renamed NAME.<status>-<time>, never deleted. Ends with the compare table.
+    """
+    from rich.console import Console
+
+    from fedsim.compare import compare_table
+    from fedsim.results import load_runs
+    from fedsim.sweep import plan_sweep, run_sweep
+
+    plan = plan_sweep(scenario_path=scenario, grid=grid, overrides=set_ or [])
+    signal.signal(signal.SIGINT, _quiet_interrupt)
+    signal.signal(signal.SIGTERM, _quiet_interrupt)
+    console = Console(stderr=True)
+    current: dict[str, Any] = {}
+    position = {run.name: i for i, run in enumerate(plan, start=1)}
+
+    def on_event(kind: str, run, folder: Path, detail: str) -> None:
+        where = f"[{position[run.name]}/{len(plan)}] {run.name}"
+        if kind == "skip":
+            console.print(f"{where}: completed earlier, skipped", highlight=False, soft_wrap=True)
+        elif kind == "moved":
+            console.print(f"{where}: unfinished folder moved aside to {detail}", highlight=False, soft_wrap=True)
+        elif kind == "start":
+            console.print(f"{where}: running", highlight=False, soft_wrap=True)
+            current["progress"] = RunProgress(
+                console=console,
+                name=run.name,
+                rounds=run.scenario.rounds,
+                delta=run.scenario.dp.delta,
+                audited=run.scenario.audit.enabled,
+            )
+            current["progress"].progress.start()
+        elif kind in ("done", "failed"):
+            current["progress"].progress.stop()
+            if kind == "failed":
+                console.print(f"{where}: failed: {detail}", highlight=False, soft_wrap=True)
+
+    def on_round(row) -> None:
+        current["progress"].on_round(row)
+
+    try:
+        results = run_sweep(
+            plan=plan,
+            out=out,
+            engine=(engine or EngineChoice.flower).value,
+            ray_address=ray_address,
+            verbose=verbose,
+            on_event=on_event,
+            on_round=on_round,
+        )
+    except KeyboardInterrupt:
+        if "progress" in current:
+            current["progress"].progress.stop()
+        typer.echo(
+            f"fedsim: sweep interrupted; completed runs are kept in {out}: run the same command again to finish it",
+            err=True,
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
+    _compare_output(compare_table(load_runs([folder for _, folder, _ in results])), as_csv=False)
+    failed = [run.name for run, _, outcome in results if outcome == "failed"]
+    if failed:
+        typer.echo(f"fedsim: {len(failed)} of {len(results)} runs failed: {', '.join(failed)}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
+def dashboard(
+    runs_dir: Annotated[Path, typer.Argument(help="Folder of run folders (e.g. runs/), or one run folder")],
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on (only this machine by default)")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on")] = 8050,
+) -> None:
+    """Serve the privacy dashboard of a folder of runs (refreshes by itself while runs go on)."""
+    if not runs_dir.is_dir():
+        raise FedsimError(
+            f"runs folder {str(runs_dir)!r} not found; pass the --out folder of `fedsim run` (default runs/)"
+        )
+    if not 0 <= port <= 65535:
+        raise FedsimError(f"--port {port} is not a port number; pass 1-65535 (default 8050)")
+    from fedsim.dashboard import LOCAL_HOSTS, create_app, make_server
+
+    if host not in LOCAL_HOSTS:
+        typer.echo(
+            f"fedsim: warning: listening on {host}, not 127.0.0.1: anyone who can reach this machine "
+            f"on port {port} can read these runs",
+            err=True,
+        )
+    server = make_server(app=create_app(runs_dir=runs_dir), host=host, port=port)
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(f"dashboard of {runs_dir} at http://{shown}:{server.port}/  (Ctrl-C stops it)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@app.command()
+@friendly
+def report(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run folders, or folders of runs (searched recursively)", show_default=False)
+    ],
+    output: Annotated[Path, typer.Option("-o", "--output", help="HTML file to write")] = Path("report.html"),
+) -> None:
+    """Write the dashboard's figures and the compare table into one self-contained HTML file."""
+    from fedsim.report import write_report
+
+    path = write_report(runs, out=output)
+    typer.echo(f"report: {path}  (opens offline in any browser)")
 
 
 class AccountantChoice(str, Enum):

@@ -122,12 +122,14 @@ def run_scenario(
     on_round=None,
     on_start=None,
     engine: Literal["flower", "inprocess"] = "flower",
+    run_id: str | None = None,
 ) -> RunResult:
     """Run one scenario end to end and return its run folder and rows.
 
     ``engine="flower"`` (the default) runs Flower's simulation engine on Ray;
     ``engine="inprocess"`` calls the same client code in this process (no Flower, no
     Ray), for debugging and as the per-client-overhead baseline.
+    ``run_id`` names the run folder (default: date, time, scenario name, random hex).
     Everything that can be checked is checked before the run folder is created. Each
     finished round is durable in ``rounds.csv`` (with a checkpoint every
     ``checkpoint.every`` rounds); the manifest's status says how the run ended
@@ -135,7 +137,7 @@ def run_scenario(
     """
     address = _prepare(scenario=scenario, ray_address=ray_address, verbose=verbose, engine=engine)
     loop = _build_loop(scenario=scenario, on_round=on_round)
-    store = RunStore.create(parent=out_dir, scenario=scenario, privacy=loop.mechanism.describe())
+    store = RunStore.create(parent=out_dir, scenario=scenario, privacy=loop.mechanism.describe(), run_id=run_id)
     return _execute(loop=loop, store=store, address=address, verbose=verbose, on_start=on_start, engine=engine)
 
 

@@ -133,22 +133,36 @@ class RunStore:
         return self.path / "rounds.csv"
 
     @classmethod
-    def create(cls, *, parent: Path, scenario: Scenario, privacy: dict[str, Any] | None = None) -> RunStore:
+    def create(
+        cls, *, parent: Path, scenario: Scenario, privacy: dict[str, Any] | None = None, run_id: str | None = None
+    ) -> RunStore:
         """Make ``parent/<run-id>/`` with the resolved scenario and a running manifest
-        (``privacy``: what the run's epsilons cover, from its DP mechanism)."""
+        (``privacy``: what the run's epsilons cover, from its DP mechanism).
+
+        ``run_id`` names the folder (``fedsim sweep`` names runs after their overrides);
+        by default it is ``<date>-<time>-<scenario name>-<random hex>``. An existing
+        folder is never reused.
+        """
+        if run_id is not None and (not run_id or run_id in (".", "..") or "/" in run_id or os.sep in run_id):
+            raise FedsimError(f"run id {run_id!r} is not a folder name; use letters, digits, '.', '_', '=', '-'")
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         while True:  # runs started in the same second differ by their random suffix
-            run_id = f"{stamp}-{scenario.name}-{secrets.token_hex(3)}"
-            path = Path(parent) / run_id
+            name = run_id or f"{stamp}-{scenario.name}-{secrets.token_hex(3)}"
+            path = Path(parent) / name
             try:
                 path.mkdir(parents=True)
                 break
             except FileExistsError:
+                if run_id is not None:
+                    raise FedsimError(
+                        f"run folder {str(path)!r} already exists; move it away or choose another --out"
+                    ) from None
                 continue
             except OSError as error:
                 raise FedsimError(
                     f"cannot create the run folder under {str(parent)!r} ({error.strerror}); choose another with --out"
                 ) from None
+        run_id = name
         store = cls(path)
         (path / "scenario.yaml").write_text(scenario_to_yaml(scenario))
         with open(store.rounds_path, "w", newline="") as handle:
@@ -332,6 +346,14 @@ class RunStore:
         return sorted(int(path.stem.removeprefix("round_")) for path in folder.glob("round_*.json"))
 
     def rounds(self) -> list[RoundRecord]:
-        """The rounds recorded so far, typed (None where a cell is empty)."""
+        """The rounds recorded so far, typed (None where a cell is empty).
+
+        A last line without its line end is a row still being written by the running
+        process: it is left out rather than read half-written.
+        """
         with open(self.rounds_path, newline="") as handle:
-            return [from_cells(row) for row in csv.DictReader(handle)]
+            text = handle.read()
+        lines = text.splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            lines = lines[:-1]
+        return [from_cells(row) for row in csv.DictReader(lines)]

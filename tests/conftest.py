@@ -48,3 +48,34 @@ def fake_cifar10(monkeypatch):
         return digests
 
     return write
+
+
+AUDITED_RUN_OVERRIDES = [
+    "rounds=3",
+    "clients_per_round=5",
+    "data.num_clients=20",
+    "data.design_pool=4",
+    "audit.enabled=true",
+    "audit.design_pool=4",
+    "audit.iterations=20",
+    "audit.tests=2000",
+]
+
+
+@pytest.fixture(scope="session")
+def audited_runs(tmp_path_factory) -> list[Path]:
+    """Two small real in-process runs of quickstart with the audit on (noise 0.7 and 1.5),
+    shared by the tests that read run folders; treat them as read-only."""
+    from fedsim.config import load_scenario
+    from fedsim.runner import run_scenario
+
+    out = tmp_path_factory.mktemp("audited-runs")
+    folders = []
+    for noise in (0.7, 1.5):
+        scenario = load_scenario(
+            ROOT / "scenarios" / "quickstart.yaml",
+            overrides=[*AUDITED_RUN_OVERRIDES, f"dp.noise_multiplier={noise}"],
+        )
+        result = run_scenario(scenario=scenario, out_dir=out, engine="inprocess", run_id=f"quickstart-z{noise}")
+        folders.append(result.store.path)
+    return folders
