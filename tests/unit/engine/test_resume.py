@@ -3,6 +3,7 @@ uninterrupted run's (seconds aside), audit columns included; rounds after the la
 checkpoint are recomputed, not duplicated; tampered checkpoints are refused."""
 
 import dataclasses
+import datetime
 import json
 import os
 from pathlib import Path
@@ -141,8 +142,17 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, project
 
     suffixes = iter(["aaaaaa", "aaaaaa", "bbbbbb"])  # the second run draws a taken suffix first
     monkeypatch.setattr(store_module.secrets, "token_hex", lambda n: next(suffixes))
+    second = datetime.datetime(2026, 11, 28, 9, 30, 0)
+
+    class SameSecond(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return second if tz is None else second.replace(tzinfo=tz)
+
+    monkeypatch.setattr(store_module.dt, "datetime", SameSecond)
     scenario = _scenario(project_root)
     first = RunStore.create(parent=tmp_path, scenario=scenario)
-    second = RunStore.create(parent=tmp_path, scenario=scenario)
-    assert first.path != second.path and second.path.name.endswith("bbbbbb")
-    assert first.manifest()["status"] == second.manifest()["status"] == "running"
+    second_run = RunStore.create(parent=tmp_path, scenario=scenario)
+    assert first.path.name == "20261128-093000-quickstart-aaaaaa"
+    assert second_run.path.name == "20261128-093000-quickstart-bbbbbb"
+    assert first.manifest()["status"] == second_run.manifest()["status"] == "running"
