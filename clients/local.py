@@ -37,13 +37,14 @@ class InProcessTransport:
         failed; its thread is left to finish on its own). A client that raises fails alone."""
         done: queue.Queue[tuple[int, TrainedReply | BaseException]] = queue.Queue()
         given_up = threading.Event()
+        start = flatten_state(state)
 
         def work() -> None:
             for client_id in cohort:
                 if given_up.is_set():
                     return  # the round went on without the rest: train nobody for it any more
                 try:
-                    done.put((int(client_id), self._train_one(state, int(client_id), round_number)))
+                    done.put((int(client_id), self._train_one(state, start, int(client_id), round_number)))
                 except Exception as error:  # noqa: BLE001 - a failing client, reported to the loop
                     done.put((int(client_id), error))
 
@@ -64,9 +65,10 @@ class InProcessTransport:
                 answered.replies.append(outcome)
         return answered
 
-    def _train_one(self, state: dict[str, Any], client_id: int, round_number: int) -> TrainedReply:
-        start = flatten_state(state)
-        trained = train_sampled(scenario=self.scenario, start=state, client_id=client_id, round_number=round_number)
+    def _train_one(self, state: dict[str, Any], start: np.ndarray, client_id: int, round_number: int) -> TrainedReply:
+        trained = train_sampled(
+            scenario=self.scenario, start=state, client_id=client_id, round_number=round_number, start_flat=start
+        )
         flat = flatten_state(trained.state)
         if self.client_clips:
             flat = start + clip_updates((flat - start)[None], clip_norm=self.scenario.dp.clip_norm)[0]

@@ -40,29 +40,45 @@ class TrainResult:
     noise_std: float | None = None
 
 
-def _optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    """The client optimiser of ``settings`` over ``model``'s parameters."""
     if settings.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=settings.lr)
     return torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum)
 
 
-def train_client(*, model: nn.Module, data: ClientData, settings: TrainSettings, seed: int) -> TrainResult:
+def train_client(
+    *,
+    model: nn.Module,
+    data: ClientData,
+    settings: TrainSettings,
+    seed: int,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> TrainResult:
     """Train ``model`` in place on the client's training samples.
 
     Batches are shuffled by a generator seeded with ``seed``. With DP-SGD settings the
     training runs through Opacus (per-sample clipping, Gaussian noise, Poisson batches)
-    with its noise drawn from the same seeded generator.
+    with its noise drawn from the same seeded generator. ``optimizer`` (from
+    :func:`make_optimizer` over ``model``) is reused with its state cleared, which is the
+    same as a fresh one; without it a fresh one is built.
     """
+    if optimizer is None:
+        optimizer = make_optimizer(model, settings)
+    else:
+        optimizer.state.clear()  # momentum buffers, Adam moments: a fresh start
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # dropout and anything else drawing from torch's global RNG
-        return _train(model=model, data=data, settings=settings, seed=seed)
+        return _train(model=model, data=data, settings=settings, seed=seed, optimizer=optimizer)
 
 
-def _train(*, model: nn.Module, data: ClientData, settings: TrainSettings, seed: int) -> TrainResult:
+def _train(
+    *, model: nn.Module, data: ClientData, settings: TrainSettings, seed: int, optimizer: torch.optim.Optimizer
+) -> TrainResult:
+    model.train()  # a reused model may come from evaluation; Opacus needs training mode
     generator = torch.Generator().manual_seed(seed)
     dataset = TensorDataset(data.x_train, data.y_train)
     loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, generator=generator)
-    optimizer = _optimizer(model, settings)
     trained: nn.Module = model
     if settings.dpsgd_noise_multiplier is not None:
         from opacus import PrivacyEngine  # imported lazily: only local-DP scenarios pay for it

@@ -1,18 +1,22 @@
 """One logical client's work for a round, independent of how it is called.
 
 The Flower ClientApp wraps these functions in messages; the in-process transport (tests,
-benchmarks, later batched many-client nodes) calls them directly.
+benchmarks) and the canary audit's design pool call them directly. A process trains all
+its logical clients with one :class:`ClientRunner`: the data set, one model and one
+optimiser, built once and reused (a client's start weights are loaded into the model),
+so a client costs its training, not the construction of a model.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from fedsim.clients.faults import inject_faults
-from fedsim.clients.training import evaluate_client, train_client
+from fedsim.clients.training import evaluate_client, make_optimizer, train_client
 from fedsim.config import Scenario
 from fedsim.experiment import dataset_for, model_for, train_settings
 from fedsim.params import flatten_state
@@ -31,42 +35,81 @@ class TrainedClient:
     noise_std: float | None = None  # local DP-SGD: the noise std Opacus used per step
 
 
+class ClientRunner:
+    """Trains and evaluates the scenario's logical clients in this process, one after
+    the other, with one model and one optimiser (the same results as fresh ones)."""
+
+    def __init__(self, *, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self.dataset = dataset_for(scenario)
+        self.settings = train_settings(scenario)
+        self.model = model_for(scenario, self.dataset)
+        self.optimizer = make_optimizer(self.model, self.settings)
+
+    def train(
+        self, *, start: dict[str, torch.Tensor], client_id: int, round_number: int, start_flat: np.ndarray | None = None
+    ) -> TrainedClient:
+        """Train one client from ``start`` (flattened: ``start_flat``, if already at hand)."""
+        self.model.load_state_dict(start)
+        result = train_client(
+            model=self.model,
+            data=self.dataset.client(client_id),
+            settings=self.settings,
+            seed=client_seed(seed=self.scenario.seed, round_number=round_number, client_id=client_id),
+            optimizer=self.optimizer,
+        )
+        trained = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        start_flat = flatten_state(start) if start_flat is None else start_flat
+        norm = float(np.linalg.norm(flatten_state(trained) - start_flat))
+        return TrainedClient(client_id, trained, result.num_examples, result.mean_loss, norm, result.noise_std)
+
+    def evaluate(self, *, state: dict[str, torch.Tensor], client_ids: list[int]) -> tuple[float, int, int]:
+        """Summed loss, correct predictions and sample count over clients' held-out samples."""
+        self.model.load_state_dict(state)
+        loss_sum, correct, count = 0.0, 0, 0
+        for client_id in client_ids:
+            client_loss, client_correct, client_count = evaluate_client(
+                model=self.model, data=self.dataset.client(int(client_id))
+            )
+            loss_sum, correct, count = loss_sum + client_loss, correct + client_correct, count + client_count
+        return loss_sum, correct, count
+
+
+@functools.lru_cache(maxsize=4)
+def _runner(scenario_json: str) -> ClientRunner:
+    return ClientRunner(scenario=Scenario.model_validate_json(scenario_json))
+
+
+def runner_for(scenario: Scenario) -> ClientRunner:
+    """This process's :class:`ClientRunner` of the scenario (built on first use)."""
+    return _runner(scenario.model_dump_json())
+
+
 def train_one(
     *, scenario: Scenario, start: dict[str, torch.Tensor], client_id: int, round_number: int
 ) -> TrainedClient:
     """Train the scenario's model from ``start`` on one client's data for one round."""
-    dataset = dataset_for(scenario)
-    model = model_for(scenario, dataset)
-    model.load_state_dict(start)
-    result = train_client(
-        model=model,
-        data=dataset.client(client_id),
-        settings=train_settings(scenario),
-        seed=client_seed(seed=scenario.seed, round_number=round_number, client_id=client_id),
-    )
-    trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    norm = float(np.linalg.norm(flatten_state(trained) - flatten_state(start)))
-    return TrainedClient(client_id, trained, result.num_examples, result.mean_loss, norm, result.noise_std)
+    return runner_for(scenario).train(start=start, client_id=client_id, round_number=round_number)
 
 
 def train_sampled(
-    *, scenario: Scenario, start: dict[str, torch.Tensor], client_id: int, round_number: int
+    *,
+    scenario: Scenario,
+    start: dict[str, torch.Tensor],
+    client_id: int,
+    round_number: int,
+    start_flat: np.ndarray | None = None,
 ) -> TrainedClient:
     """A sampled client's work in a round: :func:`train_one`, unless the scenario's
     ``faults`` make this client fail or hang (design-pool users never do)."""
     inject_faults(faults=scenario.faults, seed=scenario.seed, client_id=client_id, round_number=round_number)
-    return train_one(scenario=scenario, start=start, client_id=client_id, round_number=round_number)
+    return runner_for(scenario).train(
+        start=start, client_id=client_id, round_number=round_number, start_flat=start_flat
+    )
 
 
 def evaluate_many(
     *, scenario: Scenario, state: dict[str, torch.Tensor], client_ids: list[int]
 ) -> tuple[float, int, int]:
     """Summed loss, correct predictions and sample count over clients' held-out samples."""
-    dataset = dataset_for(scenario)
-    model = model_for(scenario, dataset)
-    model.load_state_dict(state)
-    loss_sum, correct, count = 0.0, 0, 0
-    for client_id in client_ids:
-        client_loss, client_correct, client_count = evaluate_client(model=model, data=dataset.client(int(client_id)))
-        loss_sum, correct, count = loss_sum + client_loss, correct + client_correct, count + client_count
-    return loss_sum, correct, count
+    return runner_for(scenario).evaluate(state=state, client_ids=client_ids)

@@ -157,7 +157,9 @@ class RoundLoop:
         self._check_replies(round_number, cohort, answered)
         replies = sorted(answered.replies, key=lambda reply: reply.client_id)
         dim = self.params.shape[0]
-        updates = np.stack([r.trained - self.params for r in replies]) if replies else np.zeros((0, dim))
+        updates = np.empty((len(replies), dim))
+        for row, reply in zip(updates, replies):
+            np.subtract(reply.trained, self.params, out=row)
         norms = np.array([reply.update_norm for reply in replies])
         audit = None
         if self.auditor is not None and self.auditor.should_audit(round_number):

@@ -12,8 +12,8 @@ import torch
 
 def flatten_state(state: dict[str, torch.Tensor | np.ndarray]) -> np.ndarray:
     """Concatenate a state dict's floating-point tensors, in key order, as float64."""
-    parts = [np.asarray(value, dtype=np.float64).ravel() for value in state.values()]
-    return np.concatenate(parts) if parts else np.zeros(0)
+    parts = [value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value for value in state.values()]
+    return np.concatenate([np.ravel(part) for part in parts], dtype=np.float64) if parts else np.zeros(0)
 
 
 def unflatten_state(vector: np.ndarray, *, template: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
