@@ -284,9 +284,10 @@ def time_plain_flower(scenario, cohorts: list[np.ndarray]) -> list[float]:
 def throughput(workload: str, rounds: int) -> dict[str, Any]:
     from fedsim.config import load_scenario
     from fedsim.runner import prepare_environment
+    from fedsim.threads import use_one_thread
 
     prepare_environment(verbose=False)
-    torch.set_num_threads(1)
+    use_one_thread()  # all three methods: one torch and one BLAS thread in this process
     with tempfile.TemporaryDirectory(prefix="fedsim-throughput-") as tmp:
         data_root = Path(tmp) / "data"
         data_root.mkdir()

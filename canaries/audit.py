@@ -154,7 +154,9 @@ class CanaryAuditor:
         cohort_updates: np.ndarray,
         aggregator: Aggregator,
     ) -> AuditResult:
-        """Audit round ``round_number`` from its frozen global model ``params``."""
+        """Audit round ``round_number`` from its frozen global model ``params``;
+        ``cohort_updates`` (n, d) are the round's trained updates as they entered its sum
+        (prepared by ``aggregator.rule``: clipped where it clips)."""
         scenario, config = self.scenario, self.config
         rng = round_rng(seed=scenario.seed, stream=AUDIT, round_number=round_number)
         seed = int(rng.integers(2**31))

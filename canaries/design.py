@@ -52,7 +52,7 @@ class DesignPool:
         pool = cls(count=len(client_ids), dim=start_flat.shape[0])
         for row, client_id in enumerate(client_ids):
             trained = train_one(scenario=scenario, start=start, client_id=client_id, round_number=round_number)
-            update = flatten_state(trained.state) - start_flat
+            update = trained.update
             if clip_norm is not None:
                 update = clip_updates(update[None], clip_norm=clip_norm)[0]
             pool.rows[row] = update

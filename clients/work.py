@@ -9,7 +9,6 @@ so a client costs its training, not the construction of a model.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,11 +27,12 @@ class TrainedClient:
     """A client's trained weights and what it reports about them."""
 
     client_id: int
-    state: dict[str, torch.Tensor]
+    update: np.ndarray  # trained - start, flat float64
     num_examples: int
     train_loss: float
-    update_norm: float  # L2 norm of (trained - start), before any clipping
+    update_norm: float  # L2 norm of the update, before any clipping
     noise_std: float | None = None  # local DP-SGD: the noise std Opacus used per step
+    arrays: list[np.ndarray] | None = None  # the trained weights per tensor, if asked for
 
 
 class ClientRunner:
@@ -47,9 +47,16 @@ class ClientRunner:
         self.optimizer = make_optimizer(self.model, self.settings)
 
     def train(
-        self, *, start: dict[str, torch.Tensor], client_id: int, round_number: int, start_flat: np.ndarray | None = None
+        self,
+        *,
+        start: dict[str, torch.Tensor],
+        client_id: int,
+        round_number: int,
+        start_flat: np.ndarray | None = None,
+        keep_arrays: bool = False,
     ) -> TrainedClient:
-        """Train one client from ``start`` (flattened: ``start_flat``, if already at hand)."""
+        """Train one client from ``start`` (flattened: ``start_flat``, if already at hand);
+        ``keep_arrays``: a copy of the trained weights per tensor too."""
         self.model.load_state_dict(start)
         result = train_client(
             model=self.model,
@@ -58,10 +65,14 @@ class ClientRunner:
             seed=client_seed(seed=self.scenario.seed, round_number=round_number, client_id=client_id),
             optimizer=self.optimizer,
         )
-        trained = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        start_flat = flatten_state(start) if start_flat is None else start_flat
-        norm = float(np.linalg.norm(flatten_state(trained) - start_flat))
-        return TrainedClient(client_id, trained, result.num_examples, result.mean_loss, norm, result.noise_std)
+        trained = [value.detach().cpu().numpy() for value in self.model.state_dict().values()]
+        update = np.concatenate([array.ravel() for array in trained], dtype=np.float64)
+        np.subtract(update, flatten_state(start) if start_flat is None else start_flat, out=update)
+        arrays = [array.copy() for array in trained] if keep_arrays else None
+        norm = float(np.linalg.norm(update))
+        return TrainedClient(
+            client_id, update, result.num_examples, result.mean_loss, norm, result.noise_std, arrays=arrays
+        )
 
     def evaluate(self, *, state: dict[str, torch.Tensor], client_ids: list[int]) -> tuple[float, int, int]:
         """Summed loss, correct predictions and sample count over clients' held-out samples."""
@@ -75,14 +86,22 @@ class ClientRunner:
         return loss_sum, correct, count
 
 
-@functools.lru_cache(maxsize=4)
-def _runner(scenario_json: str) -> ClientRunner:
-    return ClientRunner(scenario=Scenario.model_validate_json(scenario_json))
+_RUNNERS: dict[str, ClientRunner] = {}
 
 
 def runner_for(scenario: Scenario) -> ClientRunner:
     """This process's :class:`ClientRunner` of the scenario (built on first use)."""
-    return _runner(scenario.model_dump_json())
+    key = scenario.model_dump_json()
+    if key not in _RUNNERS:
+        _RUNNERS.clear()  # one scenario at a time per process
+        _RUNNERS[key] = ClientRunner(scenario=scenario)
+    return _RUNNERS[key]
+
+
+def discard_runner(scenario: Scenario) -> None:
+    """Forget this process's runner of the scenario: a client given up on (round_timeout_s)
+    may still be training on its model, so the next client gets a new one."""
+    _RUNNERS.pop(scenario.model_dump_json(), None)
 
 
 def train_one(
@@ -99,12 +118,13 @@ def train_sampled(
     client_id: int,
     round_number: int,
     start_flat: np.ndarray | None = None,
+    keep_arrays: bool = False,
 ) -> TrainedClient:
     """A sampled client's work in a round: :func:`train_one`, unless the scenario's
     ``faults`` make this client fail or hang (design-pool users never do)."""
     inject_faults(faults=scenario.faults, seed=scenario.seed, client_id=client_id, round_number=round_number)
     return runner_for(scenario).train(
-        start=start, client_id=client_id, round_number=round_number, start_flat=start_flat
+        start=start, client_id=client_id, round_number=round_number, start_flat=start_flat, keep_arrays=keep_arrays
     )
 
 

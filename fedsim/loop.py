@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from fedsim.clients.node import ClientReport, CohortReplies
 from fedsim.config import Scenario
 from fedsim.errors import FedsimError, ScenarioError
 from fedsim.experiment import dataset_for, model_for
@@ -28,6 +29,7 @@ from fedsim.records import RoundRecord
 from fedsim.seeding import EVALUATION, NOISE, round_rng
 from fedsim.store import RunStore
 from fedsim.strategies import build_aggregator, build_server_optimizer, sample_cohort
+from fedsim.strategies.aggregation import ContributionRule
 
 if TYPE_CHECKING:
     from fedsim.canaries.audit import AuditResult
@@ -53,34 +55,22 @@ class RoundResult:
     audit: AuditResult | None = None
 
 
-@dataclass(frozen=True)
-class TrainedReply:
-    """One client's reply to a train request, as the server loop needs it."""
-
-    client_id: int
-    trained: np.ndarray  # flat trained weights (already clipped where the client clips)
-    num_examples: int
-    update_norm: float  # before any client-side clipping
-    train_loss: float
-    noise_std: float | None = None  # local DP-SGD: the noise std Opacus used per step
-
-
-@dataclass(frozen=True)
-class CohortReplies:
-    """The replies of a round's cohort, and the clients that failed or did not answer."""
-
-    replies: list[TrainedReply]
-    failed: dict[int, str] = field(default_factory=dict)  # client id -> why
-
-
 class Transport(Protocol):
     """How the round loop reaches clients: Flower's Grid, or in-process calls."""
 
     def train(
-        self, *, round_number: int, state: dict[str, Any], cohort: np.ndarray, timeout_s: float | None
+        self,
+        *,
+        round_number: int,
+        state: dict[str, Any],
+        cohort: np.ndarray,
+        rule: ContributionRule,
+        keep_updates: bool,
+        timeout_s: float | None,
     ) -> CohortReplies:
-        """Train each client of the cohort from ``state``; clients that raise, or have not
-        answered after ``timeout_s`` seconds, are reported as failed."""
+        """Train each client of the cohort from ``state``, prepare each update by ``rule``
+        and sum them (``keep_updates``: each prepared update too); clients that raise, or
+        have not answered after ``timeout_s`` seconds, are reported as failed."""
 
     def evaluate(self, *, round_number: int, state: dict[str, Any], client_ids: np.ndarray) -> tuple[float, int, int]:
         """Summed loss, correct predictions and count over the clients' held-out samples."""
@@ -147,35 +137,37 @@ class RoundLoop:
             seed=scenario.seed,
             round_number=round_number,
         )
+        audited = self.auditor is not None and self.auditor.should_audit(round_number)
+        dim = self.params.shape[0]
         answered = (
             transport.train(
-                round_number=round_number, state=self.state(), cohort=cohort, timeout_s=scenario.round_timeout_s
+                round_number=round_number,
+                state=self.state(),
+                cohort=cohort,
+                rule=self.aggregator.rule,
+                keep_updates=audited,
+                timeout_s=scenario.round_timeout_s,
             )
             if len(cohort)
-            else CohortReplies(replies=[])
+            else CohortReplies(total=np.zeros(dim), weight=0.0, reports=[], updates=np.zeros((0, dim)))
         )
         self._check_replies(round_number, cohort, answered)
-        replies = sorted(answered.replies, key=lambda reply: reply.client_id)
-        dim = self.params.shape[0]
-        updates = np.empty((len(replies), dim))
-        for row, reply in zip(updates, replies):
-            np.subtract(reply.trained, self.params, out=row)
-        norms = np.array([reply.update_norm for reply in replies])
+        reports = answered.reports
         audit = None
-        if self.auditor is not None and self.auditor.should_audit(round_number):
+        if audited:
             # on the frozen global model of this round, before the real step changes it
             audit = self.auditor.audit(
                 round_number=round_number,
                 params=self.params,
                 template=self.template,
-                cohort_updates=updates,
+                cohort_updates=answered.updates,
                 aggregator=self.aggregator,
             )
         rng = round_rng(seed=scenario.seed, stream=NOISE, round_number=round_number)
         aggregate = self.aggregator.aggregate(
-            updates=updates,
-            weights=np.array([reply.num_examples for reply in replies], dtype=float),
-            reported_norms=norms if self.mechanism.client_clips else None,
+            total=answered.total,
+            weight=answered.weight,
+            norms=np.array([report.update_norm for report in reports]),
             rng=rng,
         )
         # clients receive float32 weights: keep the server's copy exactly what it sends
@@ -193,12 +185,12 @@ class RoundLoop:
             "round": round_number,
             "clients": len(cohort),
             "failures": len(answered.failed),
-            "train_loss": float(np.mean([r.train_loss for r in replies])) if replies else None,
+            "train_loss": float(np.mean([r.train_loss for r in reports])) if reports else None,
             "eval_loss": eval_loss,
             "eval_accuracy": eval_accuracy,
             "clip_fraction": aggregate.clip_fraction,
             "clip_norm": aggregate.clip_norm,
-            "noise_std": self._noise_std(aggregate.noise_std, replies),
+            "noise_std": self._noise_std(aggregate.noise_std, reports),
             "epsilon_round_theory": epsilon.round,
             "epsilon_cumulative_theory": epsilon.cumulative,
             "epsilon_cumulative_theory_rdp": epsilon.cumulative_rdp,
@@ -212,10 +204,10 @@ class RoundLoop:
         answered. The accounting stays as sampled: a failed client's participation counts,
         and the noise is still divided by the expected cohort."""
         needed = self.scenario.min_replies * len(cohort)
-        if len(answered.replies) < needed:
+        if len(answered.reports) < needed:
             client_id, why = next(iter(answered.failed.items()), (None, "no reply"))
             raise FedsimError(
-                f"round {round_number}: only {len(answered.replies)} of {len(cohort)} sampled clients answered "
+                f"round {round_number}: only {len(answered.reports)} of {len(cohort)} sampled clients answered "
                 f"(min_replies {self.scenario.min_replies:g}); client {client_id}: {' '.join(why.split())[:300]}; "
                 "earlier rounds are kept in the run folder, rerun with --verbose for details"
             )
@@ -289,10 +281,10 @@ class RoundLoop:
         if self.empirical is not None:
             self.empirical.load_state_dict(state["empirical"])
 
-    def _noise_std(self, central_std: float, replies: list[TrainedReply]) -> float | None:
+    def _noise_std(self, central_std: float, reports: list[ClientReport]) -> float | None:
         """Noise std on the averaged update; for local DP-SGD, the mean over the round's
         clients of the std Opacus added to each step's mean gradient."""
         if not self.mechanism.local:
             return central_std
-        stds = [reply.noise_std for reply in replies if reply.noise_std is not None]
+        stds = [report.noise_std for report in reports if report.noise_std is not None]
         return float(np.mean(stds)) if stds else None

@@ -183,12 +183,11 @@ def _prepare(*, scenario: Scenario, ray_address: str | None, verbose: bool, engi
 
 
 def _build_loop(*, scenario: Scenario, on_round):
-    import torch
-
     from fedsim.loop import RoundLoop
+    from fedsim.threads import use_one_thread
 
     # small per-client models train fastest on one thread; Ray workers own the other cores
-    torch.set_num_threads(1)
+    use_one_thread()
     return RoundLoop(scenario=scenario, on_round=on_round)  # builds data, model, strategy
 
 

@@ -1,9 +1,11 @@
 """The ServerApp: runs fedsim's round loop on Flower's Grid.
 
-Clients are reached through Flower messages: one train message per sampled logical
-client (a client that fails sends an error reply; one that does not answer within
-``round_timeout_s`` is counted as failed), evaluation spread over the supernodes in
-chunks of client ids.
+Clients are reached through Flower messages: one train message per supernode and round,
+naming its share of the sampled logical clients (fedsim.clients.node); the reply sums
+their prepared updates and reports each client, failures included (a client that raises
+or is still training at the round's deadline, ``round_timeout_s``, is counted as failed;
+so are all clients of a node that does not answer). Evaluation is spread over the
+supernodes in chunks of client ids.
 """
 
 from __future__ import annotations
@@ -16,22 +18,30 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from fedsim.clients.messages import read_result, request_record
+from fedsim.clients.node import CohortReplies, ShareRequest, ShareResult, split_cohort
 from fedsim.config import Scenario
 from fedsim.errors import FedsimError
-from fedsim.loop import CohortReplies, RoundLoop, RunOutcome, TrainedReply
-from fedsim.params import flatten_state
-from fedsim.privacy import DpMechanism
+from fedsim.loop import RoundLoop, RunOutcome
+from fedsim.strategies.aggregation import ContributionRule
+
+#: seconds the server waits for a node's reply after the round's deadline
+REPLY_GRACE_S = 5.0
+#: seconds between the simulation grid's polls for replies (Flower's InMemoryGrid waits
+#: 0.1 s between polls: up to 0.1 s lost a round, a third of a Sent140-like round)
+PULL_INTERVAL_S = 0.005
 
 
 class FlowerTransport:
-    """Reaches clients through Flower's Grid: one train message per sampled client,
-    evaluation spread over the supernodes in chunks of client ids."""
+    """Reaches clients through Flower's Grid: one train message per supernode and round
+    (its share of the cohort), evaluation spread over the supernodes in chunks of client
+    ids. ``hosts`` collects, per round, the Ray node each share's reply came from."""
 
     def __init__(self, *, grid: Grid, scenario: Scenario, expected_nodes: int) -> None:
         self.grid = grid
         self.scenario = scenario
-        self.client_clips = DpMechanism.from_scenario(scenario).client_clips
         self.node_ids = self._wait_for_nodes(expected_nodes)
+        self.hosts: dict[int, list[str]] = {}
 
     def _wait_for_nodes(self, expected: int, timeout_s: float = 120.0) -> list[int]:
         """Flower registers supernodes asynchronously: wait until all are there."""
@@ -46,43 +56,54 @@ class FlowerTransport:
         return node_ids
 
     def train(
-        self, *, round_number: int, state: dict[str, Any], cohort: np.ndarray, timeout_s: float | None
+        self,
+        *,
+        round_number: int,
+        state: dict[str, Any],
+        cohort: np.ndarray,
+        rule: ContributionRule,
+        keep_updates: bool,
+        timeout_s: float | None,
     ) -> CohortReplies:
-        config: dict[str, Any] = {"round": round_number}
-        if self.client_clips:
-            config["clipping_norm"] = float(self.scenario.dp.clip_norm)  # read by fixedclipping_mod
+        deadline = None if timeout_s is None else time.time() + timeout_s
+        dim = sum(int(np.prod(value.shape)) for value in state.values())
         arrays = ArrayRecord(state)
-        messages = [
-            Message(
-                content=RecordDict({"arrays": arrays, "config": ConfigRecord({**config, "client-id": int(cid)})}),
-                message_type=MessageType.TRAIN,
-                dst_node_id=self.node_ids[i % len(self.node_ids)],
+        shares = split_cohort(cohort, nodes=len(self.node_ids))
+        messages = []
+        for index, share in enumerate(shares):
+            request = ShareRequest(
+                round_number=round_number,
+                client_ids=[int(c) for c in share],
+                rule=rule,
+                keep_updates=keep_updates,
+                deadline=deadline,
             )
-            for i, cid in enumerate(cohort)
-        ]
-        replies = list(self.grid.send_and_receive(messages, timeout=timeout_s))
-        # the grid gives each message its id as it sends it; a reply names the one it answers
-        client_of = {message.metadata.message_id: int(cid) for message, cid in zip(messages, cohort)}
-        answered = CohortReplies(replies=[])
-        for reply in replies:
-            client_id = client_of[reply.metadata.reply_to_message_id]
-            if reply.has_error():
-                answered.failed[client_id] = _reason(reply.error.reason)
-                continue
-            metrics, trained = reply.content["metrics"], reply.content["arrays"]
-            answered.replies.append(
-                TrainedReply(
-                    client_id=int(metrics["client-id"]),
-                    trained=flatten_state(dict(zip(trained.keys(), trained.to_numpy_ndarrays()))),
-                    num_examples=int(metrics["num-examples"]),
-                    update_norm=float(metrics["update-norm"]),
-                    train_loss=float(metrics["train-loss"]),
-                    noise_std=float(metrics["noise-std"]) if "noise-std" in metrics else None,
+            messages.append(
+                Message(
+                    content=RecordDict({"arrays": arrays, "config": request_record(request, share=index)}),
+                    message_type=MessageType.TRAIN,
+                    dst_node_id=self.node_ids[index],
                 )
             )
-        for client_id in set(client_of.values()) - {r.client_id for r in answered.replies} - set(answered.failed):
-            answered.failed[client_id] = f"no reply within round_timeout_s={timeout_s:g}"
-        return answered
+        wait = None if timeout_s is None else timeout_s + REPLY_GRACE_S
+        results: dict[int, ShareResult] = {}
+        hosts = self.hosts.setdefault(round_number, [])
+        replies = list(self.grid.send_and_receive(messages, timeout=wait))
+        # the grid gives each message its id as it sends it; a reply names the one it answers
+        share_of = {message.metadata.message_id: index for index, message in enumerate(messages)}
+        for reply in replies:
+            index = share_of[reply.metadata.reply_to_message_id]
+            if reply.has_error():  # the node failed as a whole: every client of its share did
+                results[index] = _failed_share(shares[index], dim=dim, why=_reason(reply.error.reason))
+                continue
+            _, results[index], host = read_result(reply.content)
+            hosts.append(host)
+        for index, share in enumerate(shares):  # nodes that did not answer in time
+            if index not in results:
+                results[index] = _failed_share(share, dim=dim, why=f"no reply within round_timeout_s={timeout_s:g}")
+        return CohortReplies.combine(
+            [results[index] for index in range(len(shares))], dim=dim, keep_updates=keep_updates
+        )
 
     def evaluate(self, *, round_number: int, state: dict[str, Any], client_ids: np.ndarray) -> tuple[float, int, int]:
         arrays = ArrayRecord(state)
@@ -101,6 +122,11 @@ class FlowerTransport:
         correct = sum(int(r.content["metrics"]["correct"]) for r in replies)
         count = sum(int(r.content["metrics"]["num-examples"]) for r in replies)
         return loss, correct, count
+
+
+def _failed_share(share: np.ndarray, *, dim: int, why: str) -> ShareResult:
+    """A share none of whose clients answered."""
+    return ShareResult(total=np.zeros(dim), weight=0.0, reports=[], failed={int(c): why for c in share})
 
 
 def _reason(text: str) -> str:
@@ -130,6 +156,8 @@ def make_server_app(*, loop: RoundLoop, outcome: RunOutcome, expected_nodes: int
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
+            if hasattr(grid, "pull_interval"):  # the simulation's InMemoryGrid: default 0.1 s a poll
+                grid.pull_interval = PULL_INTERVAL_S
             transport = FlowerTransport(grid=grid, scenario=loop.scenario, expected_nodes=expected_nodes)
             loop.run(transport, outcome)
         except BaseException as error:  # noqa: BLE001 - handed to the driver

@@ -235,16 +235,23 @@ class RunStore:
         pickles: arrays and one JSON document, nothing that can run code."""
         tree, arrays = _split_arrays(state)
         arrays[_STATE_KEY] = np.array(json.dumps(tree))
-        tmp = self.checkpoint_path.with_suffix(".npz.tmp")
+        tmp = self._checkpoint_tmp
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, self.checkpoint_path)
+        # the manifest names the new file before it replaces the old one: a run stopped in
+        # between (Ctrl-C, SIGTERM) leaves the named file at the temporary path, and
+        # read_checkpoint finishes the move
         with self._lock:
             manifest = self.manifest()
-            manifest["checkpoint"] = {"round": state["round"], "sha256": _sha256(self.checkpoint_path)}
+            manifest["checkpoint"] = {"round": state["round"], "sha256": _sha256(tmp)}
             write_json_atomic(self.manifest_path, manifest)
+        os.replace(tmp, self.checkpoint_path)
+
+    @property
+    def _checkpoint_tmp(self) -> Path:
+        return self.checkpoint_path.with_suffix(".npz.tmp")
 
     def read_checkpoint(self) -> dict[str, Any] | None:
         """The last checkpoint, verified against the digest in the manifest (None if the run
@@ -252,6 +259,9 @@ class RunStore:
         recorded = self.manifest().get("checkpoint")
         if recorded is None:
             return None
+        tmp = self._checkpoint_tmp
+        if tmp.is_file() and not tmp.is_symlink() and _sha256(tmp) == recorded.get("sha256"):
+            os.replace(tmp, self.checkpoint_path)  # a write stopped after the manifest named it
         if not self.checkpoint_path.is_file() or _sha256(self.checkpoint_path) != recorded.get("sha256"):
             raise FedsimError(
                 f"{self.checkpoint_path} does not match the sha256 recorded in manifest.json (modified, replaced or "

@@ -1,13 +1,33 @@
 """The clip-sum-noise core of DP-FedAvg, on flat update vectors.
 
 These pure functions are the one place where updates are clipped, summed and noised:
-the strategies use them for the real rounds and the canary audit replays the strategies'
-releases, so both always run the same code.
+the nodes that train clients prepare each update by a strategy's
+:class:`ContributionRule` and sum them, the strategies release the sums, and the canary
+audit replays the strategies' releases, so all of them run the same code.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContributionRule:
+    """How each client's update enters a round's sum (what a strategy asks of the nodes).
+
+    Attributes:
+        clip_norm: Clip each update to this L2 norm on its own (None: no clipping).
+        client_clips: The client clips (Flower's ``fixedclipping_mod`` arithmetic on its
+            trained weights) rather than the server (:func:`clip_update`).
+        by_examples: Weight each update by its client's example count (FedAvg without
+            DP); otherwise every update counts once.
+    """
+
+    clip_norm: float | None = None
+    client_clips: bool = False
+    by_examples: bool = False
 
 
 def update_norms(updates: np.ndarray) -> np.ndarray:
@@ -18,6 +38,17 @@ def update_norms(updates: np.ndarray) -> np.ndarray:
 def clip_factors(norms: np.ndarray, clip_norm: float) -> np.ndarray:
     """Per-update scale min(1, C / |u|) that clips each update to L2 norm C."""
     return np.minimum(1.0, clip_norm / np.maximum(norms, 1e-12))
+
+
+def clip_update(update: np.ndarray, *, norm: float, clip_norm: float) -> np.ndarray:
+    """One update (d,) of L2 norm ``norm`` clipped to ``clip_norm``."""
+    return update * clip_factors(np.array([norm]), clip_norm)[0]
+
+
+def prepare_update(update: np.ndarray, *, norm: float, rule: ContributionRule) -> np.ndarray:
+    """A flat update (d,) of L2 norm ``norm`` as it enters the sum under ``rule``: clipped
+    on its own where the rule clips (example weights are applied by whoever sums)."""
+    return update if rule.clip_norm is None else clip_update(update, norm=norm, clip_norm=rule.clip_norm)
 
 
 def clip_updates(updates: np.ndarray, *, clip_norm: float) -> np.ndarray:

@@ -1,9 +1,10 @@
 """DP aggregation strategies: what the server does with one round's client updates.
 
-Each strategy turns the cohort's updates (flat vectors relative to the global model)
-into the average update the server applies, and reports the numbers a privacy
-researcher needs: the fraction of updates that were clipped and the standard deviation
-of the noise actually added to the averaged update.
+Each strategy says how each client's update enters the round's sum (its
+:class:`ContributionRule`: the nodes that train the clients clip each update on its own
+and sum them), turns that sum into the average update the server applies, and reports
+the numbers a privacy researcher needs: the fraction of updates that were clipped and
+the standard deviation of the noise actually added to the averaged update.
 
 The noisy sum is always divided by the *expected* cohort size (q N for Poisson
 sampling), never by the realised one, which would leak the cohort size (McMahan et al.
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.strategies.aggregation import clip_updates, noisy_sums, update_norms
+from fedsim.strategies.aggregation import ContributionRule, noisy_sums
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class RoundAggregate:
 
 
 class Aggregator(ABC):
-    """Turns a cohort's updates into the averaged update, with DP where configured.
+    """Turns a cohort's summed updates into the averaged update, with DP where configured.
 
     :meth:`release` is the one place a strategy's noisy sum comes from: the real round
     (:meth:`aggregate`) and the canary audit's replays both call it, so a bug in the
@@ -55,43 +56,40 @@ class Aggregator(ABC):
         """Std of the Gaussian noise added to each coordinate of the released sum."""
         return 0.0
 
-    def prepare(self, updates: np.ndarray) -> np.ndarray:
-        """The updates as they enter the sum (clipped where this strategy clips)."""
-        return updates
+    @property
+    def rule(self) -> ContributionRule:
+        """How each client's update enters the next round's sum."""
+        return ContributionRule()
 
     def release(
         self,
-        updates: np.ndarray,
+        prepared: np.ndarray,
         *,
         include: np.ndarray,
         rng: np.random.Generator,
         direction: np.ndarray | None = None,
     ) -> np.ndarray:
         """The noisy sums this strategy releases: row t for the cohort ``include[t]`` (a
-        boolean (T, n) matrix over the rows of ``updates``), each with fresh noise; with a
-        unit ``direction``, their projections on it (see ``noisy_sums``). No state changes."""
-        return noisy_sums(
-            self.prepare(updates), include=include, noise_std=self.release_std, rng=rng, direction=direction
-        )
+        boolean (T, n) matrix over the rows of ``prepared``: updates prepared by
+        :attr:`rule`, or sums of them), each with fresh noise; with a unit ``direction``,
+        their projections on it (see ``noisy_sums``). No state changes."""
+        return noisy_sums(prepared, include=include, noise_std=self.release_std, rng=rng, direction=direction)
 
     def with_noise_multiplier(self, noise_multiplier: float) -> Aggregator:
         """A copy releasing with another noise multiplier (the audit's what-if replays)."""
         raise ValueError(f"{type(self).__name__} adds no noise; a what-if noise level needs central DP")
 
-    def _release_all(self, updates: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """The real round's release: the whole cohort, once."""
-        return self.release(updates, include=np.ones((1, len(updates)), dtype=bool), rng=rng)[0]
+    def _release_total(self, total: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The real round's release: the cohort's summed prepared updates, once."""
+        return self.release(total[None], include=np.ones((1, 1), dtype=bool), rng=rng)[0]
 
     @abstractmethod
     def aggregate(
-        self,
-        *,
-        updates: np.ndarray,
-        weights: np.ndarray,
-        reported_norms: np.ndarray | None,
-        rng: np.random.Generator,
+        self, *, total: np.ndarray, weight: float, norms: np.ndarray, rng: np.random.Generator
     ) -> RoundAggregate:
-        """Aggregate an (n, d) array of updates (n may be 0); ``weights`` are example counts."""
+        """Aggregate a round: ``total`` is the sum of the cohort's updates prepared by
+        :attr:`rule` (zeros for an empty cohort), ``weight`` the sum of their weights,
+        ``norms`` each update's L2 norm before any clipping."""
 
     def state_dict(self) -> dict[str, Any]:
         """State that changes across rounds (for resume)."""
@@ -109,13 +107,14 @@ class PlainAggregator(Aggregator):
     def __init__(self, *, uniform: bool) -> None:
         self.uniform = uniform
 
-    def aggregate(self, *, updates, weights, reported_norms, rng) -> RoundAggregate:
-        if len(updates) == 0:
-            return RoundAggregate(np.zeros(updates.shape[1]), None, 0.0, None)
-        if self.uniform:
-            return RoundAggregate(self._release_all(updates, rng) / len(updates), None, 0.0, None)
-        mean = np.average(updates.astype(np.float64), axis=0, weights=weights)
-        return RoundAggregate(mean, None, 0.0, None)
+    @property
+    def rule(self) -> ContributionRule:
+        return ContributionRule(by_examples=not self.uniform)
+
+    def aggregate(self, *, total, weight, norms, rng) -> RoundAggregate:
+        if weight == 0:
+            return RoundAggregate(np.zeros_like(total), None, 0.0, None)
+        return RoundAggregate(self._release_total(total, rng) / weight, None, 0.0, None)
 
 
 class FixedClippingAggregator(Aggregator):
@@ -125,8 +124,9 @@ class FixedClippingAggregator(Aggregator):
         noise_multiplier: z.
         clip_norm: C.
         expected_cohort: the divisor, q N (Poisson) or the fixed cohort size.
-        clip_on_server: True clips here (server-side clipping); False trusts the
-            clients' clipping (client-side clipping) and only adds noise.
+        clip_on_server: True clips on the server's behalf (server-side clipping); False
+            has each client clip its own update (client-side clipping, Flower's
+            ``fixedclipping_mod`` arithmetic); the server only adds noise.
     """
 
     def __init__(
@@ -145,6 +145,10 @@ class FixedClippingAggregator(Aggregator):
     def release_std(self) -> float:
         return self.noise_multiplier * self.clip_norm
 
+    @property
+    def rule(self) -> ContributionRule:
+        return ContributionRule(clip_norm=self.clip_norm, client_clips=not self.clip_on_server)
+
     def with_noise_multiplier(self, noise_multiplier: float) -> FixedClippingAggregator:
         return FixedClippingAggregator(
             noise_multiplier=noise_multiplier,
@@ -153,19 +157,11 @@ class FixedClippingAggregator(Aggregator):
             clip_on_server=self.clip_on_server,
         )
 
-    def prepare(self, updates: np.ndarray) -> np.ndarray:
-        if self.clip_on_server:
-            return clip_updates(updates, clip_norm=self.clip_norm)
-        if len(updates) and np.any(update_norms(updates) > self.clip_norm * (1 + 1e-4)):
-            raise RuntimeError("a client sent an update above the clip norm; client-side clipping failed")
-        return updates
-
-    def aggregate(self, *, updates, weights, reported_norms, rng) -> RoundAggregate:
-        norms = update_norms(updates) if reported_norms is None else np.asarray(reported_norms)
-        total = self._release_all(updates, rng)
+    def aggregate(self, *, total, weight, norms, rng) -> RoundAggregate:
+        norms = np.asarray(norms)
         clip_fraction = float(np.mean(norms > self.clip_norm)) if len(norms) else None
         return RoundAggregate(
-            mean_update=total / self.expected_cohort,
+            mean_update=self._release_total(total, rng) / self.expected_cohort,
             clip_fraction=clip_fraction,
             noise_std=self.noise_multiplier * self.clip_norm / self.expected_cohort,
             clip_norm=self.clip_norm,
@@ -218,6 +214,10 @@ class AdaptiveClippingAggregator(Aggregator):
     def release_std(self) -> float:
         return self.update_noise_multiplier * self.clip_norm
 
+    @property
+    def rule(self) -> ContributionRule:
+        return ContributionRule(clip_norm=self.clip_norm)
+
     def with_noise_multiplier(self, noise_multiplier: float) -> AdaptiveClippingAggregator:
         return AdaptiveClippingAggregator(
             noise_multiplier=noise_multiplier,
@@ -228,18 +228,15 @@ class AdaptiveClippingAggregator(Aggregator):
             count_noise_std=self.configured_count_noise_std,
         )
 
-    def prepare(self, updates: np.ndarray) -> np.ndarray:
-        return clip_updates(updates, clip_norm=self.clip_norm)
-
-    def aggregate(self, *, updates, weights, reported_norms, rng) -> RoundAggregate:
+    def aggregate(self, *, total, weight, norms, rng) -> RoundAggregate:
         clip_norm = self.clip_norm
-        norms = update_norms(updates)
-        total = self._release_all(updates, rng)
+        norms = np.asarray(norms)
+        released = self._release_total(total, rng)
         below = float(np.sum((norms <= clip_norm) - 0.5)) + rng.normal(0.0, self.count_noise_std or 0.0)
         fraction_below = below / self.expected_cohort + 0.5
         self.clip_norm = clip_norm * math.exp(-self.clip_lr * (fraction_below - self.target_quantile))
         return RoundAggregate(
-            mean_update=total / self.expected_cohort,
+            mean_update=released / self.expected_cohort,
             clip_fraction=float(np.mean(norms > clip_norm)) if len(norms) else None,
             noise_std=self.update_noise_multiplier * clip_norm / self.expected_cohort,
             clip_norm=clip_norm,

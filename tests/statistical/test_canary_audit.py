@@ -99,7 +99,7 @@ class HalfNoise(FixedClippingAggregator):
 
     def release(self, updates, *, include, rng, direction=None):
         scale = 1.0 if direction is None else float(np.linalg.norm(direction))
-        clean = noisy_sums(self.prepare(updates), include=include, noise_std=0.0, rng=rng, direction=direction)
+        clean = noisy_sums(updates, include=include, noise_std=0.0, rng=rng, direction=direction)
         return clean + rng.normal(0.0, self.release_std / 2 * scale, size=clean.shape)
 
 

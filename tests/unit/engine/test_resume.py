@@ -79,6 +79,30 @@ def test_resume_of_a_completed_run_and_of_a_folder_that_is_not_a_run(tmp_path, p
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
 
 
+def test_a_stop_while_the_checkpoint_is_written_still_resumes(tmp_path, project_root, monkeypatch):
+    """SIGTERM lands after the manifest names round 3's checkpoint but before the file
+    takes its place: resume finishes the move and continues from round 3."""
+    import fedsim.store as store_module
+
+    whole = run_scenario(scenario=_scenario(project_root), out_dir=tmp_path / "whole", engine="inprocess")
+    real_replace, calls = os.replace, []
+
+    def stop_on_third_checkpoint(src, dst):
+        calls.append(dst)
+        if str(dst).endswith("checkpoint.npz") and len([c for c in calls if str(c).endswith("checkpoint.npz")]) == 3:
+            raise Interrupted("SIGTERM")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(store_module.os, "replace", stop_on_third_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        run_scenario(scenario=_scenario(project_root), out_dir=tmp_path / "cut", engine="inprocess")
+    monkeypatch.setattr(store_module.os, "replace", real_replace)
+    (folder,) = list((tmp_path / "cut").iterdir())
+    assert RunStore.open(folder).manifest()["checkpoint"]["round"] == 3
+    resumed = resume_run(path=folder, engine="inprocess")
+    assert _without_time(resumed.rows) == _without_time(whole.rows)
+
+
 def test_a_tampered_checkpoint_is_refused(tmp_path, project_root):
     folder = _interrupted_run(project_root, tmp_path, after=2)
     store = RunStore.open(folder)

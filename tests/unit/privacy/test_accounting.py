@@ -212,6 +212,32 @@ def test_round_accountant_with_changing_noise(accountant, rel):
     assert acc.epsilon(accountant=accountant) == pytest.approx(expected, rel=rel)
 
 
+@pytest.mark.parametrize(
+    ("sampling", "accountant", "noises"),
+    [
+        ("poisson", "pld", [1.0, 1.0, 1.0, 2.0, 2.0, 0.8, 1.0, 1.0]),
+        ("poisson", "rdp", [1.0, 1.0, 1.0, 2.0, 2.0, 0.8, 1.0, 1.0]),
+        ("fixed", "rdp", [1.0, 1.0, 0.5, 0.5, 0.5]),
+        ("poisson", "pld", [1.0, 0.0, 1.0]),
+    ],
+)
+def test_round_accountant_gives_exactly_what_dp_accounting_gives(sampling, accountant, noises):
+    """Its one-round PLDs and RDP curves, computed once per noise multiplier, give bit for
+    bit what dp-accounting's accountants give composing the same runs afresh each round."""
+    from fedsim.privacy.accountant import _runs
+    from fedsim.privacy.events import new_accountant
+
+    acc = RoundAccountant(delta=DELTA, sampling=sampling, population=1000, cohort=10)
+    adjacency = "replace_one" if sampling == "fixed" else "add_or_remove_one"
+    for round_number, noise in enumerate(noises, start=1):
+        acc.step(noise_multiplier=noise)
+        reference = new_accountant(accountant, adjacency=adjacency)
+        for run_noise, count in _runs(noises[:round_number]):
+            event = round_event(noise_multiplier=run_noise, sampling=sampling, sampling_rate=0.01, population=1000)
+            reference.compose(event, count)
+        assert acc.epsilon(accountant=accountant) == reference.get_epsilon(DELTA)
+
+
 def test_round_accountant_state_dict_round_trip():
     acc = RoundAccountant(delta=DELTA, sampling="poisson", population=1000, cohort=10)
     for noise in [1.0, 1.0, 1.5, 1.5, 1.0]:

@@ -8,8 +8,27 @@ from fedsim.config import scenario_from_dict
 from fedsim.errors import ScenarioError
 from fedsim.privacy import DpMechanism
 from fedsim.strategies import build_aggregator
-from fedsim.strategies.aggregation import clip_updates
+from fedsim.strategies.aggregation import ContributionRule, clip_updates, prepare_update
 from fedsim.strategies.dp import AdaptiveClippingAggregator, FixedClippingAggregator, PlainAggregator
+
+
+def _prepared(aggregator, updates):
+    """The updates (n, d) as the nodes prepare them under the aggregator's rule."""
+    norms = np.linalg.norm(updates, axis=1)
+    rows = [prepare_update(u, norm=n, rule=aggregator.rule) for u, n in zip(updates, norms)]
+    return np.array(rows).reshape(updates.shape), norms
+
+
+def _aggregate(aggregator, updates, *, rng, weights=None, reported_norms=None):
+    """What a round does with these updates: the nodes prepare and sum, the strategy releases."""
+    prepared, norms = _prepared(aggregator, updates)
+    weights = np.ones(len(updates)) if weights is None or not aggregator.rule.by_examples else weights
+    return aggregator.aggregate(
+        total=weights @ prepared if len(updates) else np.zeros(updates.shape[1]),
+        weight=float(weights.sum()),
+        norms=norms if reported_norms is None else reported_norms,
+        rng=rng,
+    )
 
 
 def test_clip_updates_clips_each_update_to_the_norm():
@@ -43,7 +62,7 @@ def test_release_is_each_cohorts_clipped_sum_plus_fresh_noise_of_the_declared_st
         updates = updates * (clip / np.linalg.norm(updates, axis=1, keepdims=True))  # the clients clipped
     aggregator = _aggregator(mode, z=z, clip=clip)
     include = np.array([[1, 0, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=bool)
-    released = aggregator.release(updates, include=include, rng=rng)
+    released = aggregator.release(_prepared(aggregator, updates)[0], include=include, rng=rng)
     norms = np.linalg.norm(updates, axis=1, keepdims=True)
     clipped = updates * np.minimum(1.0, clip / norms)
     noise = released - include.astype(float) @ clipped
@@ -57,7 +76,7 @@ def test_release_is_each_cohorts_clipped_sum_plus_fresh_noise_of_the_declared_st
 def test_projected_release_has_the_distribution_of_the_projected_full_release():
     """The audit's projected replays: exact projected sums, and noise of the release's std."""
     rng = np.random.default_rng(2)
-    updates = rng.normal(size=(5, 40))
+    updates = clip_updates(rng.normal(size=(5, 40)), clip_norm=0.8)  # prepared by the nodes
     direction = rng.normal(size=40)
     direction /= np.linalg.norm(direction)
     include = rng.random((7, 5)) < 0.5
@@ -70,7 +89,7 @@ def test_projected_release_has_the_distribution_of_the_projected_full_release():
     many = np.ones((20_000, 5), dtype=bool)
     projected = noisy.release(updates, include=many, direction=direction, rng=rng)
     full = noisy.release(updates, include=many[:4000], rng=rng) @ direction
-    clean = clip_updates(updates, clip_norm=0.8).sum(axis=0) @ direction
+    clean = updates.sum(axis=0) @ direction
     assert stats.ks_2samp(projected, full).pvalue > 1e-3
     assert projected.std() == pytest.approx(1.3 * 0.8, rel=0.03)
     assert projected.mean() == pytest.approx(clean, abs=4 * 1.3 * 0.8 / np.sqrt(20_000))
@@ -92,9 +111,7 @@ def test_the_real_round_releases_through_the_release_function():
     replays the same function: tests/statistical/test_canary_audit.py)."""
     z, c, m, dim = 1.0, 1.0, 4, 100_000
     buggy = HalfNoise(noise_multiplier=z, clip_norm=c, expected_cohort=m, clip_on_server=True)
-    result = buggy.aggregate(
-        updates=np.zeros((3, dim)), weights=np.ones(3), reported_norms=None, rng=np.random.default_rng(0)
-    )
+    result = _aggregate(buggy, np.zeros((3, dim)), rng=np.random.default_rng(0))
     assert result.mean_update.std() == pytest.approx(z * c / m / 2, rel=0.02)
 
 
@@ -109,7 +126,7 @@ def test_an_empty_cohort_releases_noise_over_the_expected_cohort(mode):
     else:
         aggregator = _aggregator(mode, z=z, clip=c, cohort=m)
         expected = aggregator.release_std / m
-    result = aggregator.aggregate(updates=np.zeros((0, dim)), weights=np.zeros(0), reported_norms=None, rng=rng)
+    result = _aggregate(aggregator, np.zeros((0, dim)), rng=rng)
     assert result.mean_update.shape == (dim,)
     assert result.mean_update.std() == pytest.approx(expected, rel=0.02, abs=1e-12)
     assert result.noise_std == pytest.approx(expected) and result.clip_fraction is None
@@ -124,9 +141,7 @@ def test_adaptive_release_adds_noise_with_std_z_u_times_c():
         clip_lr=0.2,
         count_noise_std=1.0,
     )
-    result = aggregator.aggregate(
-        updates=np.zeros((3, 100_000)), weights=np.ones(3), reported_norms=None, rng=np.random.default_rng(0)
-    )
+    result = _aggregate(aggregator, np.zeros((3, 100_000)), rng=np.random.default_rng(0))
     z_u = (1.0**-2 - (2 * 1.0) ** -2) ** -0.5  # the count release takes the rest of z
     assert result.mean_update.std() == pytest.approx(z_u * 0.4 / 10, rel=0.01)
 
@@ -141,7 +156,7 @@ def test_adaptive_clip_norm_step_follows_the_geometric_rule():
         count_noise_std=1.0,
     )
     updates = np.full((4, 2), 10.0)  # all above C: fraction below = 0 -> C * exp(0.2 * 0.5)
-    aggregator.aggregate(updates=updates, weights=np.ones(4), reported_norms=None, rng=np.random.default_rng(0))
+    _aggregate(aggregator, updates, rng=np.random.default_rng(0))
     assert aggregator.clip_norm == pytest.approx(np.exp(0.1))
 
 
@@ -150,9 +165,7 @@ def test_server_fixed_noise_std_on_the_average_is_z_c_over_cohort():
     z, c, m, dim = 1.3, 0.7, 10, 200_000
     aggregator = FixedClippingAggregator(noise_multiplier=z, clip_norm=c, expected_cohort=m, clip_on_server=True)
     updates = np.zeros((7, dim))  # a Poisson cohort of 7 while 10 were expected
-    result = aggregator.aggregate(
-        updates=updates, weights=np.ones(7), reported_norms=None, rng=np.random.default_rng(0)
-    )
+    result = _aggregate(aggregator, updates, rng=np.random.default_rng(0))
     expected = z * c / m
     # std estimate over 200k coordinates has relative standard error ~ 1/sqrt(2*dim) = 0.16%
     assert result.mean_update.std() == pytest.approx(expected, rel=0.01)
@@ -164,9 +177,7 @@ def test_noisy_sum_is_divided_by_expected_not_realised_cohort():
     dim = 5
     aggregator = FixedClippingAggregator(noise_multiplier=0.0, clip_norm=10.0, expected_cohort=4, clip_on_server=True)
     updates = np.ones((2, dim))
-    result = aggregator.aggregate(
-        updates=updates, weights=np.array([1.0, 100.0]), reported_norms=None, rng=np.random.default_rng(0)
-    )
+    result = _aggregate(aggregator, updates, weights=np.array([1.0, 100.0]), rng=np.random.default_rng(0))
     np.testing.assert_allclose(result.mean_update, np.full(dim, 2 / 4))  # sum / expected, equal weights
 
 
@@ -176,38 +187,36 @@ def test_clip_fraction_and_clipping_bound_the_contribution():
     norms = np.linalg.norm(updates, axis=1)
     clip = float(np.median(norms))
     aggregator = FixedClippingAggregator(noise_multiplier=0.0, clip_norm=clip, expected_cohort=10, clip_on_server=True)
-    result = aggregator.aggregate(updates=updates, weights=np.ones(10), reported_norms=None, rng=rng)
+    result = _aggregate(aggregator, updates, rng=rng)
     assert result.clip_fraction == pytest.approx(np.mean(norms > clip))
     # one client's influence on the average is bounded by C / m
     changed = updates.copy()
     changed[0] *= 1000
-    other = aggregator.aggregate(updates=changed, weights=np.ones(10), reported_norms=None, rng=rng)
+    other = _aggregate(aggregator, changed, rng=rng)
     assert np.linalg.norm(other.mean_update - result.mean_update) <= 2 * clip / 10 + 1e-9
 
 
-def test_client_side_mode_does_not_reclip_but_rejects_unclipped_updates():
+def test_client_side_mode_asks_each_client_to_clip_and_counts_the_reported_norms():
     aggregator = FixedClippingAggregator(noise_multiplier=0.0, clip_norm=1.0, expected_cohort=2, clip_on_server=False)
-    clipped = np.array([[0.6, 0.8], [0.0, 0.5]])
+    assert aggregator.rule == ContributionRule(clip_norm=1.0, client_clips=True)
+    clipped = np.array([[0.6, 0.8], [0.0, 0.5]])  # what the two clients sent
     result = aggregator.aggregate(
-        updates=clipped, weights=np.ones(2), reported_norms=np.array([7.0, 0.5]), rng=np.random.default_rng(0)
+        total=clipped.sum(axis=0), weight=2.0, norms=np.array([7.0, 0.5]), rng=np.random.default_rng(0)
     )
-    np.testing.assert_allclose(result.mean_update, clipped.sum(axis=0) / 2)
+    np.testing.assert_allclose(result.mean_update, clipped.sum(axis=0) / 2)  # the sum is not clipped again
     assert result.clip_fraction == 0.5  # from the norms the clients reported before clipping
-    with pytest.raises(RuntimeError, match="client-side clipping"):
-        aggregator.aggregate(
-            updates=np.array([[3.0, 4.0]]), weights=np.ones(1), reported_norms=None, rng=np.random.default_rng(0)
-        )
+    assert _build({"dp": {"mode": "server_fixed"}}).rule == ContributionRule(clip_norm=1.0)
+    assert _build({"dp": {"mode": "none"}}).rule == ContributionRule(by_examples=True)
+    assert _build({"dp": {"mode": "local_dpsgd"}}).rule == ContributionRule()
 
 
 def test_plain_fedavg_weights_by_examples_and_local_dp_weighs_uniformly():
     updates = np.array([[1.0], [4.0]])
     weights = np.array([3.0, 1.0])
-    plain = PlainAggregator(uniform=False).aggregate(updates=updates, weights=weights, reported_norms=None, rng=None)
+    plain = _aggregate(PlainAggregator(uniform=False), updates, weights=weights, rng=None)
     assert plain.mean_update[0] == pytest.approx(7 / 4) and plain.noise_std == 0.0
     # under local DP-SGD the example count is private (one sample more or less changes it)
-    local = PlainAggregator(uniform=True).aggregate(
-        updates=updates, weights=weights, reported_norms=None, rng=np.random.default_rng(0)
-    )
+    local = _aggregate(PlainAggregator(uniform=True), updates, weights=weights, rng=np.random.default_rng(0))
     assert local.mean_update[0] == pytest.approx(5 / 2)
 
 
@@ -226,7 +235,7 @@ def test_adaptive_clipping_moves_the_clip_norm_towards_the_target_quantile():
     directions = rng.normal(size=(200, 20))
     updates = directions / np.linalg.norm(directions, axis=1, keepdims=True) * norms_true[:, None]
     for _ in range(100):
-        aggregator.aggregate(updates=updates, weights=np.ones(200), reported_norms=None, rng=rng)
+        _aggregate(aggregator, updates, rng=rng)
     assert aggregator.clip_norm == pytest.approx(target, rel=0.15)
 
 

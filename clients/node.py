@@ -1,0 +1,197 @@
+"""A node's work in a round: many logical clients, trained one after the other.
+
+The server splits a round's cohort into one share per node (:func:`split_cohort`); a
+node trains its share's clients with the model and data already in its process, prepares
+each update on its own as the strategy's :class:`ContributionRule` says (each clipped
+separately; client-side clipping with the helper of Flower's ``fixedclipping_mod``, which
+clips one update per message and so cannot be used on a message of many clients), and
+returns their sum, each client's report, and on audited rounds the prepared updates
+themselves. Ray and serialisation are paid per node and round, not per client.
+
+A client that raises fails alone; past the share's deadline (``round_timeout_s``) the
+client in training and those after it count as failed and the node answers with the
+rest. The Flower ClientApp and the in-process transport both call :func:`train_share`
+on the same shares, so both engines compute the same sums in the same order.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from flwr.supercore.differential_privacy import compute_clip_model_update
+
+from fedsim.clients.work import TrainedClient, discard_runner, train_sampled
+from fedsim.config import Scenario
+from fedsim.params import flatten_state
+from fedsim.strategies.aggregation import ContributionRule, prepare_update
+
+
+@dataclass(frozen=True)
+class ClientReport:
+    """What one trained client reports to the server (besides its update)."""
+
+    client_id: int
+    num_examples: int
+    update_norm: float  # L2 norm of its update before any clipping
+    train_loss: float
+    noise_std: float | None = None  # local DP-SGD: the noise std Opacus used per step
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShareRequest:
+    """What the server asks of one node in a round."""
+
+    round_number: int
+    client_ids: list[int]
+    rule: ContributionRule
+    keep_updates: bool = False  # audited rounds: return each prepared update too
+    deadline: float | None = None  # time.time() by which the node answers (round_timeout_s)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShareResult:
+    """A node's answer: the sum of its clients' prepared updates and their reports."""
+
+    total: np.ndarray  # sum of the prepared updates (weighted by examples if the rule says so)
+    weight: float  # sum of the weights (example counts, or one per client)
+    reports: list[ClientReport]
+    failed: dict[int, str] = field(default_factory=dict)  # client id -> why
+    updates: np.ndarray | None = None  # (len(reports), d) prepared updates, if kept
+
+
+@dataclass(frozen=True, kw_only=True)
+class CohortReplies:
+    """A round's shares put together, in share order (so in client-id order)."""
+
+    total: np.ndarray
+    weight: float
+    reports: list[ClientReport]
+    failed: dict[int, str] = field(default_factory=dict)
+    updates: np.ndarray | None = None
+
+    @classmethod
+    def combine(cls, results: list[ShareResult], *, dim: int, keep_updates: bool) -> CohortReplies:
+        """Sum the shares' totals in share order (the same order on every engine)."""
+        total, weight, reports, failed = np.zeros(dim), 0.0, [], {}
+        for result in results:
+            total += result.total
+            weight += result.weight
+            reports.extend(result.reports)
+            failed.update(result.failed)
+        updates = None
+        if keep_updates:
+            kept = [result.updates for result in results if result.updates is not None and len(result.updates)]
+            updates = np.concatenate(kept) if kept else np.zeros((0, dim))
+        return cls(total=total, weight=weight, reports=reports, failed=failed, updates=updates)
+
+
+def node_count(scenario: Scenario) -> int:
+    """How many nodes (Flower supernodes) host the scenario's logical clients."""
+    return min(scenario.data.num_clients, scenario.ray.num_nodes)
+
+
+def split_cohort(cohort: np.ndarray, *, nodes: int) -> list[np.ndarray]:
+    """The cohort in at most ``nodes`` contiguous shares of near-equal size (none empty)."""
+    return [share for share in np.array_split(np.asarray(cohort), max(1, min(nodes, len(cohort)))) if len(share)]
+
+
+def _prepare(trained: TrainedClient, *, start_arrays: list[np.ndarray], start_flat: np.ndarray, rule: ContributionRule):
+    """The client's update as it enters the sum: clipped on its own where the rule says."""
+    if rule.clip_norm is not None and rule.client_clips:
+        arrays = list(trained.arrays)
+        compute_clip_model_update(param1=arrays, param2=start_arrays, clipping_norm=rule.clip_norm)  # in place
+        return np.concatenate([array.ravel() for array in arrays], dtype=np.float64) - start_flat
+    return prepare_update(trained.update, norm=trained.update_norm, rule=rule)
+
+
+def _outcomes(scenario: Scenario, state: dict[str, torch.Tensor], request: ShareRequest, start_flat: np.ndarray):
+    """Yield (client id, TrainedClient or the exception it raised), one client after the
+    other; past the deadline, (client id, TimeoutError) for the one in training and the rest."""
+    train = lambda cid: train_sampled(  # noqa: E731
+        scenario=scenario,
+        start=state,
+        client_id=cid,
+        round_number=request.round_number,
+        start_flat=start_flat,
+        keep_arrays=request.rule.client_clips,
+    )
+    if request.deadline is None:
+        for client_id in request.client_ids:
+            try:
+                yield client_id, train(client_id)
+            except Exception as error:  # noqa: BLE001 - a failing client, reported to the server
+                yield client_id, error
+        return
+    done: queue.Queue[tuple[int, TrainedClient | BaseException]] = queue.Queue()
+    given_up = threading.Event()
+
+    def work() -> None:
+        for client_id in request.client_ids:
+            if given_up.is_set():
+                return  # the node answered without the rest: train nobody for it any more
+            try:
+                done.put((client_id, train(client_id)))
+            except Exception as error:  # noqa: BLE001
+                done.put((client_id, error))
+
+    threading.Thread(target=work, daemon=True, name=f"fedsim-share-{request.round_number}").start()
+    for client_id in request.client_ids:
+        try:
+            yield done.get(timeout=max(0.0, request.deadline - time.time()))
+        except queue.Empty:
+            given_up.set()
+            discard_runner(scenario)  # the late client may still be training on this runner's model
+            late = request.client_ids[request.client_ids.index(client_id) :]
+            for cid in late:
+                yield cid, TimeoutError("no reply within round_timeout_s")
+            return
+
+
+def train_share(*, scenario: Scenario, state: dict[str, torch.Tensor], request: ShareRequest) -> ShareResult:
+    """Train a share's clients from ``state`` and sum their prepared updates."""
+    start_arrays = [value.detach().cpu().numpy() for value in state.values()]
+    start_flat = flatten_state(state)
+    rule = request.rule
+    total, weight, reports, failed, kept = np.zeros_like(start_flat), 0.0, [], {}, []
+    for client_id, outcome in _outcomes(scenario, state, request, start_flat):
+        if isinstance(outcome, BaseException):
+            failed[client_id] = _why(outcome)
+            continue
+        prepared = _prepare(outcome, start_arrays=start_arrays, start_flat=start_flat, rule=rule)
+        client_weight = float(outcome.num_examples) if rule.by_examples else 1.0
+        total += prepared * client_weight if rule.by_examples else prepared
+        weight += client_weight
+        reports.append(
+            ClientReport(client_id, outcome.num_examples, outcome.update_norm, outcome.train_loss, outcome.noise_std)
+        )
+        if request.keep_updates:
+            kept.append(prepared)
+    updates = np.stack(kept) if kept else np.zeros((0, start_flat.shape[0]))
+    return ShareResult(
+        total=total,
+        weight=weight,
+        reports=reports,
+        failed=failed,
+        updates=updates if request.keep_updates else None,
+    )
+
+
+def _why(error: BaseException) -> str:
+    if isinstance(error, TimeoutError):
+        return str(error)
+    return " ".join(f"{type(error).__name__}: {error}".split())
+
+
+def node_host() -> str | None:
+    """The Ray node this process runs on (None outside Ray)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - only a diagnostic
+        return None

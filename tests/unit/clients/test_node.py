@@ -1,0 +1,147 @@
+"""A node's work: many logical clients per message, each update prepared on its own,
+failures kept per logical client, and the messages that carry a share both ways."""
+
+import math
+import time
+
+import numpy as np
+import pytest
+from flwr.supercore.differential_privacy import compute_clip_model_update
+
+from fedsim.clients.messages import read_request, read_result, request_record, result_record
+from fedsim.clients.node import ClientReport, ShareRequest, ShareResult, split_cohort, train_share
+from fedsim.clients.training import train_client
+from fedsim.clients.work import runner_for
+from fedsim.config import load_scenario
+from fedsim.experiment import dataset_for, model_for, train_settings
+from fedsim.loop import RoundLoop
+from fedsim.params import flatten_state
+from fedsim.seeding import client_seed
+from fedsim.strategies.aggregation import ContributionRule
+
+SMALL = ["rounds=2", "clients_per_round=5", "data.num_clients=20", "data.design_pool=4", "audit.enabled=false"]
+
+
+def _scenario(project_root, *overrides):
+    return load_scenario(project_root / "scenarios" / "quickstart.yaml", overrides=[*SMALL, *overrides])
+
+
+def test_split_cohort_gives_contiguous_near_equal_shares():
+    shares = split_cohort(np.arange(10), nodes=4)
+    assert [len(s) for s in shares] == [3, 3, 2, 2]
+    np.testing.assert_array_equal(np.concatenate(shares), np.arange(10))
+    assert [list(s) for s in split_cohort(np.array([4, 9, 11]), nodes=5)] == [[4], [9], [11]]
+    assert split_cohort(np.zeros(0, dtype=int), nodes=3) == []
+
+
+def _fresh_training(scenario, state, client_id, round_number):
+    """The reference: a fresh model and optimiser for one client, its trained tensors."""
+    dataset = dataset_for(scenario)
+    model = model_for(scenario, dataset)
+    model.load_state_dict(state)
+    result = train_client(
+        model=model,
+        data=dataset.client(client_id),
+        settings=train_settings(scenario),
+        seed=client_seed(seed=scenario.seed, round_number=round_number, client_id=client_id),
+    )
+    return [v.detach().numpy().copy() for v in model.state_dict().values()], result.num_examples
+
+
+@pytest.mark.parametrize("mode", ["server_fixed", "client_fixed", "none"])
+def test_a_share_sums_each_clients_update_prepared_on_its_own(project_root, mode):
+    """Against the clients trained one by one on fresh models: the same updates bit for
+    bit, each clipped on its own (client-side: Flower's fixedclipping_mod helper on that
+    client's weights), summed in order (weighted by examples without DP)."""
+    scenario = _scenario(project_root, f"dp.mode={mode}", "dp.clip_norm=0.05")
+    loop = RoundLoop(scenario=scenario)
+    state, rule = loop.state(), loop.aggregator.rule
+    start_arrays = [v.numpy() for v in state.values()]
+    start = flatten_state(state)
+    ids = [0, 1, 2, 3]
+    result = train_share(
+        scenario=scenario,
+        state=state,
+        request=ShareRequest(round_number=1, client_ids=ids, rule=rule, keep_updates=True),
+    )
+    total = np.zeros_like(start)
+    for row, client_id in enumerate(ids):
+        arrays, examples = _fresh_training(scenario, state, client_id, 1)
+        update = np.concatenate([a.ravel() for a in arrays], dtype=np.float64) - start
+        norm = float(np.linalg.norm(update))
+        assert result.reports[row] == ClientReport(client_id, examples, norm, result.reports[row].train_loss)
+        if mode == "client_fixed":
+            compute_clip_model_update(param1=arrays, param2=start_arrays, clipping_norm=0.05)
+            expected = np.concatenate([a.ravel() for a in arrays], dtype=np.float64) - start
+            assert np.linalg.norm(expected) <= 0.05 * (1 + 1e-5) < norm  # clipped on its own
+        elif mode == "server_fixed":
+            expected = update * min(1.0, 0.05 / norm)
+        else:
+            expected = update
+        np.testing.assert_array_equal(result.updates[row], expected)
+        total += expected * (examples if mode == "none" else 1)
+    np.testing.assert_array_equal(result.total, total)
+    assert result.weight == (sum(r.num_examples for r in result.reports) if mode == "none" else len(ids))
+    assert not result.failed
+
+
+def test_a_failing_logical_client_does_not_fail_the_others_in_its_message(project_root):
+    scenario = _scenario(project_root, "faults.fail_clients=[1]")
+    rule = ContributionRule(clip_norm=1.0)
+    state = RoundLoop(scenario=scenario).state()
+    share = train_share(
+        scenario=scenario, state=state, request=ShareRequest(round_number=1, client_ids=[0, 1, 2], rule=rule)
+    )
+    assert [r.client_id for r in share.reports] == [0, 2]
+    assert list(share.failed) == [1] and share.failed[1].startswith("InjectedFault: client 1 fails")
+    without = train_share(
+        scenario=scenario, state=state, request=ShareRequest(round_number=1, client_ids=[0, 2], rule=rule)
+    )
+    np.testing.assert_array_equal(share.total, without.total)
+
+
+def test_a_hung_client_fails_with_the_rest_of_its_share_at_the_deadline(project_root):
+    """The node answers at the deadline with the clients trained before the hung one; the
+    hung one and those after it count as failed; later clients get a fresh model (the hung
+    thread may still hold the old one)."""
+    scenario = _scenario(project_root, "faults.hang_clients=[1]", "faults.hang_s=30")
+    state = RoundLoop(scenario=scenario).state()
+    before = runner_for(scenario)
+    started = time.monotonic()
+    share = train_share(
+        scenario=scenario,
+        state=state,
+        request=ShareRequest(round_number=1, client_ids=[0, 1, 2], rule=ContributionRule(), deadline=time.time() + 3),
+    )
+    assert time.monotonic() - started < 20  # not the 30 s the client hangs
+    assert [r.client_id for r in share.reports] == [0]
+    assert sorted(share.failed) == [1, 2] and "round_timeout_s" in share.failed[1]
+    assert runner_for(scenario) is not before
+
+
+def test_messages_carry_a_share_both_ways():
+    request = ShareRequest(
+        round_number=3,
+        client_ids=[4, 7],
+        rule=ContributionRule(clip_norm=0.5, client_clips=True),
+        keep_updates=True,
+        deadline=1234.5,
+    )
+    assert read_request(request_record(request, share=2)) == request
+    plain = ShareRequest(round_number=1, client_ids=[1], rule=ContributionRule(by_examples=True))
+    assert read_request(request_record(plain, share=0)) == plain
+    result = ShareResult(
+        total=np.arange(4.0),
+        weight=2.0,
+        reports=[ClientReport(4, 3, 1.5, 0.25), ClientReport(7, 1, 0.5, 0.75, noise_std=0.1)],
+        failed={9: "InjectedFault: client 9 fails"},
+        updates=np.ones((2, 4)),
+    )
+    share, back, host = read_result(result_record(result, share=2, host="node-a"))
+    assert (share, host) == (2, "node-a")
+    np.testing.assert_array_equal(back.total, result.total)
+    np.testing.assert_array_equal(back.updates, result.updates)
+    assert (back.weight, back.reports, back.failed) == (result.weight, result.reports, result.failed)
+    empty = ShareResult(total=np.zeros(4), weight=0.0, reports=[], failed={})
+    _, back, _ = read_result(result_record(empty, share=0, host=None))
+    assert back.reports == [] and back.updates is None and not math.isnan(back.weight)
