@@ -28,3 +28,8 @@ def inject_faults(*, faults: FaultsConfig, seed: int, client_id: int, round_numb
         draw = round_rng(seed=seed, stream=FAULTS, round_number=round_number, extra=client_id).random()
         if draw < faults.dropout:
             raise InjectedFault(f"client {client_id} drops out in round {round_number} (faults.dropout)")
+
+
+def hangs(*, faults: FaultsConfig, client_id: int, round_number: int) -> bool:
+    """Whether :func:`inject_faults` makes this client hang in this round."""
+    return client_id in faults.hang_clients and (faults.rounds is None or round_number in faults.rounds)

@@ -16,6 +16,7 @@ on the same shares, so both engines compute the same sums in the same order.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
@@ -25,7 +26,8 @@ import numpy as np
 import torch
 from flwr.supercore.differential_privacy import compute_clip_model_update
 
-from fedsim.clients.work import TrainedClient, discard_runner, train_sampled
+from fedsim.clients.faults import hangs, inject_faults
+from fedsim.clients.work import TrainedClient, discard_runner, runner_for, train_sampled
 from fedsim.config import Scenario
 from fedsim.params import flatten_state
 from fedsim.strategies.aggregation import ContributionRule, prepare_update
@@ -109,7 +111,34 @@ def _prepare(trained: TrainedClient, *, start_arrays: list[np.ndarray], start_fl
     return prepare_update(trained.update, norm=trained.update_norm, rule=rule)
 
 
-def _outcomes(scenario: Scenario, state: dict[str, torch.Tensor], request: ShareRequest, start_flat: np.ndarray):
+def _one_step_outcomes(
+    scenario: Scenario, state: dict[str, torch.Tensor], request: ShareRequest, start_flat: np.ndarray, client_ids
+):
+    """Yield (client id, TrainedClient or the exception it raised) for clients that take
+    one SGD step, trained together (fedsim.clients.batched)."""
+    ready = []
+    for client_id in client_ids:
+        try:  # a failing client fails alone (hanging ones are trained one by one)
+            inject_faults(
+                faults=scenario.faults, seed=scenario.seed, client_id=client_id, round_number=request.round_number
+            )
+            ready.append(client_id)
+        except Exception as error:  # noqa: BLE001 - a failing client, reported to the server
+            yield client_id, error
+    if ready:
+        trained = runner_for(scenario).train_one_steps(
+            start=state,
+            client_ids=ready,
+            round_number=request.round_number,
+            start_flat=start_flat,
+            keep_arrays=request.rule.client_clips,
+        )
+        yield from zip(ready, trained)
+
+
+def _outcomes(
+    scenario: Scenario, state: dict[str, torch.Tensor], request: ShareRequest, start_flat: np.ndarray, client_ids
+):
     """Yield (client id, TrainedClient or the exception it raised), one client after the
     other; past the deadline, (client id, TimeoutError) for the one in training and the rest."""
     train = lambda cid: train_sampled(  # noqa: E731
@@ -121,7 +150,7 @@ def _outcomes(scenario: Scenario, state: dict[str, torch.Tensor], request: Share
         keep_arrays=request.rule.client_clips,
     )
     if request.deadline is None:
-        for client_id in request.client_ids:
+        for client_id in client_ids:
             try:
                 yield client_id, train(client_id)
             except Exception as error:  # noqa: BLE001 - a failing client, reported to the server
@@ -131,7 +160,7 @@ def _outcomes(scenario: Scenario, state: dict[str, torch.Tensor], request: Share
     given_up = threading.Event()
 
     def work() -> None:
-        for client_id in request.client_ids:
+        for client_id in client_ids:
             if given_up.is_set():
                 return  # the node answered without the rest: train nobody for it any more
             try:
@@ -140,25 +169,38 @@ def _outcomes(scenario: Scenario, state: dict[str, torch.Tensor], request: Share
                 done.put((client_id, error))
 
     threading.Thread(target=work, daemon=True, name=f"fedsim-share-{request.round_number}").start()
-    for client_id in request.client_ids:
+    for client_id in client_ids:
         try:
             yield done.get(timeout=max(0.0, request.deadline - time.time()))
         except queue.Empty:
             given_up.set()
             discard_runner(scenario)  # the late client may still be training on this runner's model
-            late = request.client_ids[request.client_ids.index(client_id) :]
-            for cid in late:
+            for cid in client_ids[client_ids.index(client_id) :]:
                 yield cid, TimeoutError("no reply within round_timeout_s")
             return
 
 
 def train_share(*, scenario: Scenario, state: dict[str, torch.Tensor], request: ShareRequest) -> ShareResult:
-    """Train a share's clients from ``state`` and sum their prepared updates."""
+    """Train a share's clients from ``state`` and sum their prepared updates: first those
+    that take one SGD step (together), then the others one by one, each group in client
+    order; reports (and kept updates) in client order."""
     start_arrays = [value.detach().cpu().numpy() for value in state.values()]
     start_flat = flatten_state(state)
     rule = request.rule
-    total, weight, reports, failed, kept = np.zeros_like(start_flat), 0.0, [], {}, []
-    for client_id, outcome in _outcomes(scenario, state, request, start_flat):
+    runner = runner_for(scenario)
+    together = [
+        cid
+        for cid in request.client_ids
+        if runner.takes_one_step(cid)
+        and not hangs(faults=scenario.faults, client_id=cid, round_number=request.round_number)
+    ]
+    alone = [cid for cid in request.client_ids if cid not in together]
+    total, weight, failed, answered = np.zeros_like(start_flat), 0.0, {}, {}
+    outcomes = itertools.chain(
+        _one_step_outcomes(scenario, state, request, start_flat, together),
+        _outcomes(scenario, state, request, start_flat, alone),
+    )
+    for client_id, outcome in outcomes:
         if isinstance(outcome, BaseException):
             failed[client_id] = _why(outcome)
             continue
@@ -166,19 +208,24 @@ def train_share(*, scenario: Scenario, state: dict[str, torch.Tensor], request: 
         client_weight = float(outcome.num_examples) if rule.by_examples else 1.0
         total += prepared * client_weight if rule.by_examples else prepared
         weight += client_weight
-        reports.append(
-            ClientReport(client_id, outcome.num_examples, outcome.update_norm, outcome.train_loss, outcome.noise_std)
+        report = ClientReport(
+            client_id, outcome.num_examples, outcome.update_norm, outcome.train_loss, outcome.noise_std
         )
-        if request.keep_updates:
-            kept.append(prepared)
-    updates = np.stack(kept) if kept else np.zeros((0, start_flat.shape[0]))
+        answered[client_id] = (report, prepared if request.keep_updates else None)
+    order = sorted(answered)
+    updates = None
+    if request.keep_updates:
+        updates = np.stack([answered[c][1] for c in order]) if order else np.zeros((0, start_flat.shape[0]))
     return ShareResult(
-        total=total,
-        weight=weight,
-        reports=reports,
-        failed=failed,
-        updates=updates if request.keep_updates else None,
+        total=total, weight=weight, reports=[answered[c][0] for c in order], failed=failed, updates=updates
     )
+
+
+def train_shares(
+    *, scenario: Scenario, state: dict[str, torch.Tensor], requests: dict[int, ShareRequest]
+) -> dict[int, ShareResult]:
+    """Several shares of a round, one after the other (one message may carry several)."""
+    return {share: train_share(scenario=scenario, state=state, request=request) for share, request in requests.items()}
 
 
 def _why(error: BaseException) -> str:

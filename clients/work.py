@@ -9,11 +9,13 @@ so a client costs its training, not the construction of a model.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from fedsim.clients.batched import CHUNK_USERS, UserSamples, supports, takes_one_step, user_gradients
 from fedsim.clients.faults import inject_faults
 from fedsim.clients.training import evaluate_client, make_optimizer, train_client
 from fedsim.config import Scenario
@@ -45,6 +47,7 @@ class ClientRunner:
         self.settings = train_settings(scenario)
         self.model = model_for(scenario, self.dataset)
         self.optimizer = make_optimizer(self.model, self.settings)
+        self.batchable = supports(self.model)
 
     def train(
         self,
@@ -74,16 +77,64 @@ class ClientRunner:
             client_id, update, result.num_examples, result.mean_loss, norm, result.noise_std, arrays=arrays
         )
 
-    def evaluate(self, *, state: dict[str, torch.Tensor], client_ids: list[int]) -> tuple[float, int, int]:
-        """Summed loss, correct predictions and sample count over clients' held-out samples."""
+    def takes_one_step(self, client_id: int) -> bool:
+        """Whether this client's training is one plain SGD step that :meth:`train_one_steps`
+        computes together with others (exactly, up to float rounding)."""
+        return self.batchable and takes_one_step(self.settings, self.dataset.num_train_samples(client_id))
+
+    def train_one_steps(
+        self,
+        *,
+        start: dict[str, torch.Tensor],
+        client_ids: list[int],
+        round_number: int,
+        start_flat: np.ndarray,
+        keep_arrays: bool = False,
+    ) -> Iterator[TrainedClient]:
+        """Clients that each take one plain SGD step (:meth:`takes_one_step`), trained
+        together: per-user gradients from batched passes (fedsim.clients.batched), then
+        each user's step exactly as SGD takes it. Yields them in ``client_ids`` order."""
+        self.model.load_state_dict(start)
+        weights = dict(self.model.named_parameters())
+        for first in range(0, len(client_ids), CHUNK_USERS):
+            chunk = client_ids[first : first + CHUNK_USERS]
+            data = [self.dataset.client(cid) for cid in chunk]
+            users = [
+                UserSamples(
+                    d.x_train, d.y_train, client_seed(seed=self.scenario.seed, round_number=round_number, client_id=c)
+                )
+                for c, d in zip(chunk, data)
+            ]
+            grads, losses = user_gradients(self.model, users, batch_size=self.settings.batch_size)
+            for row, (client_id, client_data) in enumerate(zip(chunk, data)):
+                with torch.no_grad():  # the step SGD takes: weight - lr * gradient
+                    trained = [
+                        weights[name].add(grads[name][row], alpha=-self.settings.lr).numpy()
+                        for name in self.model.state_dict()
+                    ]
+                update = np.concatenate([array.ravel() for array in trained], dtype=np.float64)
+                np.subtract(update, start_flat, out=update)
+                yield TrainedClient(
+                    client_id,
+                    update,
+                    client_data.num_train,
+                    float(losses[row]),
+                    float(np.linalg.norm(update)),
+                    arrays=trained if keep_arrays else None,
+                )
+
+    def scores(self, *, state: dict[str, torch.Tensor], client_ids: list[int]) -> list[tuple[float, int, int]]:
+        """Each client's summed loss, correct predictions and count on its held-out samples."""
         self.model.load_state_dict(state)
-        loss_sum, correct, count = 0.0, 0, 0
-        for client_id in client_ids:
-            client_loss, client_correct, client_count = evaluate_client(
-                model=self.model, data=self.dataset.client(int(client_id))
-            )
-            loss_sum, correct, count = loss_sum + client_loss, correct + client_correct, count + client_count
-        return loss_sum, correct, count
+        return [evaluate_client(model=self.model, data=self.dataset.client(int(cid))) for cid in client_ids]
+
+
+def total_scores(scores: list[tuple[float, int, int]]) -> tuple[float, int, int]:
+    """Summed loss, correct predictions and count, added up in the order given."""
+    loss_sum, correct, count = 0.0, 0, 0
+    for client_loss, client_correct, client_count in scores:
+        loss_sum, correct, count = loss_sum + client_loss, correct + client_correct, count + client_count
+    return loss_sum, correct, count
 
 
 _RUNNERS: dict[str, ClientRunner] = {}
@@ -132,4 +183,4 @@ def evaluate_many(
     *, scenario: Scenario, state: dict[str, torch.Tensor], client_ids: list[int]
 ) -> tuple[float, int, int]:
     """Summed loss, correct predictions and sample count over clients' held-out samples."""
-    return runner_for(scenario).evaluate(state=state, client_ids=client_ids)
+    return total_scores(runner_for(scenario).scores(state=state, client_ids=client_ids))

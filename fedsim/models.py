@@ -50,7 +50,7 @@ def _cnn(*, input_shape: tuple[int, ...], num_classes: int, hidden: int) -> nn.M
     )
 
 
-class _TextClassifier(nn.Module):
+class TextClassifier(nn.Module):
     """Embedding -> stacked LSTM -> dense on the last time step (LEAF's text models).
 
     ``forward(x) == forward_embedded(self.embedding(x))``: the canary adversary crafts text
@@ -94,6 +94,26 @@ class _TextClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_embedded(self.embedding(x))
 
+    def dropout_masks(self, *, batch: int, seq_len: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The dropout masks a training-mode ``forward`` of ``batch`` sequences draws from
+        torch's global RNG, drawn here in the same order and shapes (each already divided by
+        1 - p, as dropout scales): ``nn.LSTM``'s between its first two layers, laid out
+        (seq_len, batch, hidden) as the LSTM draws it (None without it), then the one
+        before the dense layer, (batch, hidden) (None without dropout). Only for the
+        ``nn.LSTM`` variant (two layers at most)."""
+        lstm = self.lstm
+        if not isinstance(lstm, nn.LSTM) or lstm.num_layers > 2:
+            raise TypeError("dropout_masks reproduces nn.LSTM with at most two layers")
+        between = None
+        if lstm.num_layers == 2 and lstm.dropout > 0:
+            keep = 1 - lstm.dropout
+            between = torch.empty(seq_len, batch, lstm.hidden_size).bernoulli_(keep).div_(keep)
+        before_dense = None
+        if self.dropout.p > 0:
+            keep = 1 - self.dropout.p
+            before_dense = torch.empty(batch, lstm.hidden_size).bernoulli_(keep).div_(keep)
+        return between, before_dense
+
 
 def _text_shape(name: str, input_shape: tuple[int, ...]) -> None:
     if len(input_shape) != 1:
@@ -121,7 +141,7 @@ def _sent140_lstm(
     from fedsim.data.text import DEFAULT_MAX_WORDS, SPECIALS
 
     _text_shape("sent140_lstm", input_shape)
-    return _TextClassifier(
+    return TextClassifier(
         vocab_size=vocab_size or DEFAULT_MAX_WORDS + len(SPECIALS),
         embed_dim=embed_dim,
         hidden=hidden,
@@ -144,7 +164,7 @@ def _shakespeare_lstm(
 ) -> nn.Module:
     """LEAF/CANIFE Shakespeare: embedding 8, 2-layer LSTM (256 hidden), next-character logits."""
     _text_shape("shakespeare_lstm", input_shape)
-    return _TextClassifier(
+    return TextClassifier(
         vocab_size=vocab_size or num_classes,
         embed_dim=embed_dim,
         hidden=hidden,

@@ -93,6 +93,35 @@ def test_client_side_clipping_through_flower_mod_and_no_dp_baseline(tmp_path, pr
     assert all(math.isinf(r.epsilon_cumulative_theory) for r in rows)
 
 
+def test_one_step_clients_on_ray_compute_what_they_compute_in_process(tmp_path, project_root):
+    """Sent140's LSTM on clients of 1-2 tweets: both engines train them together from
+    batched per-user gradients, in the same shares, with the same rounds as a result."""
+    from fedsim.config import load_scenario
+    from fedsim.runner import run_scenario
+    from tests.fixtures.fake_datasets import write_fake_sent140
+
+    root = write_fake_sent140(tmp_path / "sent140", users=40)
+    scenario = load_scenario(
+        project_root / "scenarios" / "sent140.yaml",
+        overrides=[
+            f"data.root={root}",
+            "data.num_clients=36",
+            "data.design_pool=4",
+            "data.options.max_words=200",
+            "model.hidden=32",
+            "clients_per_round=10",
+            "rounds=3",
+            "ray.num_nodes=3",
+            "evaluation.clients=12",
+            "dp.noise_multiplier=1.0",
+        ],
+    )
+    flower = run_scenario(scenario=scenario, out_dir=tmp_path / "flower").rows
+    local = run_scenario(scenario=scenario, out_dir=tmp_path / "local", engine="inprocess").rows
+    assert _without_time(flower) == _without_time(local)
+    assert all(row.clients > 0 and row.train_loss is not None for row in flower)
+
+
 def _wait_for_rounds(out_dir, count: int, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

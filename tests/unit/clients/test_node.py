@@ -1,14 +1,21 @@
 """A node's work: many logical clients per message, each update prepared on its own,
 failures kept per logical client, and the messages that carry a share both ways."""
 
-import math
 import time
 
 import numpy as np
 import pytest
+from flwr.app import Array, ArrayRecord
 from flwr.supercore.differential_privacy import compute_clip_model_update
 
-from fedsim.clients.messages import read_request, read_result, request_record, result_record
+from fedsim.clients.messages import (
+    read_requests,
+    read_results,
+    read_scores,
+    request_content,
+    results_content,
+    scores_content,
+)
 from fedsim.clients.node import ClientReport, ShareRequest, ShareResult, split_cohort, train_share
 from fedsim.clients.training import train_client
 from fedsim.clients.work import runner_for
@@ -119,7 +126,7 @@ def test_a_hung_client_fails_with_the_rest_of_its_share_at_the_deadline(project_
     assert runner_for(scenario) is not before
 
 
-def test_messages_carry_a_share_both_ways():
+def test_messages_carry_shares_both_ways():
     request = ShareRequest(
         round_number=3,
         client_ids=[4, 7],
@@ -127,9 +134,11 @@ def test_messages_carry_a_share_both_ways():
         keep_updates=True,
         deadline=1234.5,
     )
-    assert read_request(request_record(request, share=2)) == request
-    plain = ShareRequest(round_number=1, client_ids=[1], rule=ContributionRule(by_examples=True))
-    assert read_request(request_record(plain, share=0)) == plain
+    plain = ShareRequest(round_number=3, client_ids=[1], rule=ContributionRule(by_examples=True))
+    arrays = ArrayRecord(array_dict={"w": Array(np.ones(3, dtype=np.float32))})
+    content = request_content(arrays=arrays, requests={2: request, 5: plain})
+    assert read_requests(content) == {2: request, 5: plain}
+    assert content["arrays"] is arrays
     result = ShareResult(
         total=np.arange(4.0),
         weight=2.0,
@@ -137,11 +146,12 @@ def test_messages_carry_a_share_both_ways():
         failed={9: "InjectedFault: client 9 fails"},
         updates=np.ones((2, 4)),
     )
-    share, back, host = read_result(result_record(result, share=2, host="node-a"))
-    assert (share, host) == (2, "node-a")
-    np.testing.assert_array_equal(back.total, result.total)
-    np.testing.assert_array_equal(back.updates, result.updates)
-    assert (back.weight, back.reports, back.failed) == (result.weight, result.reports, result.failed)
     empty = ShareResult(total=np.zeros(4), weight=0.0, reports=[], failed={})
-    _, back, _ = read_result(result_record(empty, share=0, host=None))
-    assert back.reports == [] and back.updates is None and not math.isnan(back.weight)
+    back, host = read_results(results_content({2: result, 5: empty}, host="node-a"))
+    assert host == "node-a" and sorted(back) == [2, 5]
+    np.testing.assert_array_equal(back[2].total, result.total)
+    np.testing.assert_array_equal(back[2].updates, result.updates)
+    assert (back[2].weight, back[2].reports, back[2].failed) == (result.weight, result.reports, result.failed)
+    assert back[5].reports == [] and back[5].updates is None and back[5].weight == 0.0
+    scores = [(1.5, 2, 3), (0.25, 0, 1)]
+    assert read_scores(scores_content(scores)) == scores
