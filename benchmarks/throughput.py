@@ -10,6 +10,8 @@ In one process run, for the same sampled clients of the same rounds:
   of consecutive rounds, so the run store's writes count too);
 - ``limit``: a plain PyTorch loop in this process: copy the global model into one model,
   the same local steps on the same (preloaded) samples, clip, sum, add noise, server step;
+  each of its rounds runs right after fedsim's same round (while Ray idles), so both see
+  the same load on a machine shared with other work;
 - ``flower``: a plain Flower Message-API app on Ray: one ClientApp call per client that
   builds its model, trains and replies with its weights; the server clips, sums and adds
   noise with Flower's own helpers.
@@ -116,17 +118,6 @@ def timed_rounds(ends: list[float]) -> list[float]:
     return [b - a for a, b in zip(ends[:-2], ends[1:-1])]
 
 
-# --- fedsim, as users run it -----------------------------------------------------------
-
-
-def time_fedsim(scenario, out: Path) -> list[float]:
-    from fedsim.runner import run_scenario
-
-    ends: list[float] = []
-    run_scenario(scenario=scenario, out_dir=out, on_round=lambda row: ends.append(time.perf_counter()))
-    return timed_rounds(ends)
-
-
 # --- the plain PyTorch limit -----------------------------------------------------------
 
 
@@ -164,37 +155,71 @@ def local_steps(model, x, y, *, scenario, seed: int, optimizer) -> None:
             optimizer.step()
 
 
-def time_limit(scenario, cohorts: list[np.ndarray]) -> list[float]:
-    from torch.nn.utils import parameters_to_vector, vector_to_parameters
+class Limit:
+    """The plain-PyTorch limit, one round at a time: one model into which each sampled
+    client's start is copied, its local steps, clip, sum, noise, the server step."""
 
-    from fedsim.experiment import dataset_for, model_for
-    from fedsim.seeding import client_seed
+    def __init__(self, scenario, cohorts: list[np.ndarray]) -> None:
+        from torch.nn.utils import parameters_to_vector
 
-    dataset = dataset_for(scenario)
-    model = model_for(scenario, dataset)
-    wanted = sorted({int(c) for cohort in cohorts for c in cohort})
-    data = {c: dataset.client(c) for c in wanted}  # a plain loop keeps its data in memory
-    params = parameters_to_vector(model.parameters()).detach()
-    step = ServerStep(scenario)
-    clip, noise_std = scenario.dp.clip_norm, scenario.dp.noise_multiplier * scenario.dp.clip_norm
-    client = scenario.client
-    noise = torch.Generator().manual_seed(scenario.seed)
-    ends = []
-    for round_number, cohort in enumerate(cohorts, start=1):
-        total = torch.zeros_like(params)
-        for cid in cohort:
-            vector_to_parameters(params, model.parameters())  # copy the global model
-            optimizer = torch.optim.SGD(model.parameters(), lr=client.lr, momentum=client.momentum)
+        from fedsim.experiment import dataset_for, model_for
+
+        dataset = dataset_for(scenario)
+        self.scenario, self.cohorts = scenario, cohorts
+        self.model = model_for(scenario, dataset)
+        wanted = sorted({int(c) for cohort in cohorts for c in cohort})
+        self.data = {c: dataset.client(c) for c in wanted}  # a plain loop keeps its data in memory
+        self.params = parameters_to_vector(self.model.parameters()).detach()
+        self.step = ServerStep(scenario)
+        self.noise = torch.Generator().manual_seed(scenario.seed)
+
+    def round(self, round_number: int) -> float:
+        """Seconds of one round."""
+        from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+        from fedsim.seeding import client_seed
+
+        started = time.perf_counter()
+        scenario, client = self.scenario, self.scenario.client
+        clip, noise_std = scenario.dp.clip_norm, scenario.dp.noise_multiplier * scenario.dp.clip_norm
+        total = torch.zeros_like(self.params)
+        for cid in self.cohorts[round_number - 1]:
+            vector_to_parameters(self.params, self.model.parameters())  # copy the global model
+            optimizer = torch.optim.SGD(self.model.parameters(), lr=client.lr, momentum=client.momentum)
             seed = client_seed(seed=scenario.seed, round_number=round_number, client_id=int(cid))
-            local_steps(
-                model, data[int(cid)].x_train, data[int(cid)].y_train, scenario=scenario, seed=seed, optimizer=optimizer
-            )
-            update = parameters_to_vector(model.parameters()).detach() - params
+            data = self.data[int(cid)]
+            local_steps(self.model, data.x_train, data.y_train, scenario=scenario, seed=seed, optimizer=optimizer)
+            update = parameters_to_vector(self.model.parameters()).detach() - self.params
             total += update * min(1.0, clip / max(float(update.norm()), 1e-12))
-        total += torch.normal(0.0, noise_std, size=total.shape, generator=noise)
-        params = step(params, total / scenario.clients_per_round)
-        ends.append(time.perf_counter())
-    return timed_rounds(ends)
+        total += torch.normal(0.0, noise_std, size=total.shape, generator=self.noise)
+        self.params = self.step(self.params, total / scenario.clients_per_round)
+        return time.perf_counter() - started
+
+
+# --- fedsim, as users run it, interleaved with the limit ------------------------------
+
+
+def time_fedsim_and_limit(scenario, cohorts: list[np.ndarray], out: Path) -> tuple[list[float], list[float]]:
+    """Seconds of rounds 2 .. R-1 of ``run_scenario`` on Flower/Ray (between the ends of
+    consecutive rounds, the run store's writes included) and of the limit's same rounds,
+    each limit round run right after fedsim's (while Ray idles), so that both see the
+    same load on a shared machine."""
+    from fedsim.runner import run_scenario
+
+    limit = Limit(scenario, cohorts)
+    fedsim_s: dict[int, float] = {}
+    limit_s: dict[int, float] = {}
+    resumed: list[float] = []
+
+    def on_round(row) -> None:
+        if resumed:
+            fedsim_s[row.round] = time.perf_counter() - resumed[-1]
+        limit_s[row.round] = limit.round(row.round)
+        resumed.append(time.perf_counter())
+
+    run_scenario(scenario=scenario, out_dir=out, on_round=on_round)
+    timed = range(2, scenario.rounds)  # round 1 warms up; the last one evaluates
+    return [fedsim_s[r] for r in timed], [limit_s[r] for r in timed]
 
 
 # --- a plain Flower Message-API app ----------------------------------------------------
@@ -297,10 +322,9 @@ def throughput(workload: str, rounds: int) -> dict[str, Any]:
         sizes = [len(c) for c in cohorts]
         print(f"{workload}: {rounds} rounds, cohorts {min(sizes)}-{max(sizes)} clients", flush=True)
         seconds = {}
-        seconds["limit"] = time_limit(scenario, cohorts)
-        print(f"  limit   median {statistics.median(seconds['limit']):.3f} s/round", flush=True)
-        seconds["fedsim"] = time_fedsim(scenario, Path(tmp) / "runs")
-        print(f"  fedsim  median {statistics.median(seconds['fedsim']):.3f} s/round", flush=True)
+        seconds["fedsim"], seconds["limit"] = time_fedsim_and_limit(scenario, cohorts, Path(tmp) / "runs")
+        for name in ("limit", "fedsim"):
+            print(f"  {name:7s} median {statistics.median(seconds[name]):.3f} s/round", flush=True)
         seconds["flower"] = time_plain_flower(scenario, cohorts)
         print(f"  flower  median {statistics.median(seconds['flower']):.3f} s/round", flush=True)
     medians = {name: statistics.median(values) for name, values in seconds.items()}

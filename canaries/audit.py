@@ -3,7 +3,8 @@
 Works on a frozen copy of round r's global model, so its replays never change the model
 and spend no privacy budget:
 
-1. design pool: m mock clients train from the frozen model; updates clipped to C;
+1. design pool: m mock clients train from the frozen model (on the nodes, alongside the
+   round's cohort); updates clipped to C;
 2. craft a canary (sample or update) against them;
 3. the canary client's update: real local training on the canary sample (or the crafted
    direction scaled past the clip norm), clipped as its client would clip it;
@@ -34,6 +35,7 @@ from fedsim.canaries.estimators import EpsilonEstimate, empirical_epsilon
 from fedsim.clients.training import train_client
 from fedsim.config import Scenario
 from fedsim.data.base import ClientData, FederatedDataset
+from fedsim.errors import FedsimError
 from fedsim.experiment import model_for, train_settings
 from fedsim.params import flatten_state, unflatten_state
 from fedsim.privacy import DpMechanism
@@ -152,19 +154,22 @@ class CanaryAuditor:
         params: np.ndarray,
         template: dict[str, torch.Tensor],
         cohort_updates: np.ndarray,
+        design_updates: np.ndarray,
         aggregator: Aggregator,
     ) -> AuditResult:
         """Audit round ``round_number`` from its frozen global model ``params``;
         ``cohort_updates`` (n, d) are the round's trained updates as they entered its sum
-        (prepared by ``aggregator.rule``: clipped where it clips)."""
+        (prepared by ``aggregator.rule``: clipped where it clips), ``design_updates`` the
+        design-pool users' (:attr:`design_ids`), trained from the same model alongside the
+        cohort and clipped to the round's clip norm."""
         scenario, config = self.scenario, self.config
         rng = round_rng(seed=scenario.seed, stream=AUDIT, round_number=round_number)
         seed = int(rng.integers(2**31))
         start = unflatten_state(params.astype(np.float32), template=template)
         clip_norm = aggregator.clip_norm_now
-        design = DesignPool.train(
-            scenario=scenario, start=start, client_ids=self.design_ids, round_number=round_number, clip_norm=clip_norm
-        )
+        if not len(design_updates):
+            raise FedsimError(f"round {round_number}: no design-pool user answered; the audit cannot craft a canary")
+        design = DesignPool.from_rows(design_updates)
         try:
             canary, update = self._canary(start=start, params=params, design=design, clip_norm=clip_norm, seed=seed)
         finally:

@@ -1,7 +1,8 @@
 """The adversary's design pool: mock clients trained from the frozen global model.
 
 The design-pool users never take part in training. Each trains locally from the audited
-round's global model with the clients' own optimiser and settings, and its update is
+round's global model with the clients' own optimiser and settings (on the nodes, in
+their own shares of the round: fedsim.clients.node.round_requests), and its update is
 clipped to the round's clip norm. Updates are kept as float32 rows, in memory when small
 and in a memory-mapped temporary file when large, and read back in minibatches, so the
 crafting never needs an m x d matrix in RAM.
@@ -14,11 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from fedsim.clients.work import train_one
-from fedsim.config import Scenario
-from fedsim.params import flatten_state
-from fedsim.strategies.aggregation import clip_updates
 
 IN_MEMORY_BYTES = 256 * 2**20
 
@@ -38,23 +34,10 @@ class DesignPool:
             )
 
     @classmethod
-    def train(
-        cls,
-        *,
-        scenario: Scenario,
-        start: dict[str, torch.Tensor],
-        client_ids: list[int],
-        round_number: int,
-        clip_norm: float | None,
-    ) -> DesignPool:
-        """Train each design-pool user from ``start`` and keep its clipped update."""
-        start_flat = flatten_state(start)
-        pool = cls(count=len(client_ids), dim=start_flat.shape[0])
-        for row, client_id in enumerate(client_ids):
-            trained = train_one(scenario=scenario, start=start, client_id=client_id, round_number=round_number)
-            update = trained.update
-            if clip_norm is not None:
-                update = clip_updates(update[None], clip_norm=clip_norm)[0]
+    def from_rows(cls, rows: np.ndarray) -> DesignPool:
+        """A pool of the given clipped updates (n, d), kept as float32."""
+        pool = cls(count=rows.shape[0], dim=rows.shape[1])
+        for row, update in enumerate(rows):
             pool.rows[row] = update
         return pool
 

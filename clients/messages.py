@@ -30,6 +30,7 @@ def request_content(*, arrays: ArrayRecord, requests: dict[int, ShareRequest]) -
             "client-clips": rule.client_clips,
             "by-examples": rule.by_examples,
             "keep-updates": request.keep_updates,
+            "sampled": request.sampled,
         }
         if rule.clip_norm is not None:
             config["clip-norm"] = float(rule.clip_norm)
@@ -56,6 +57,7 @@ def read_requests(content: RecordDict) -> dict[int, ShareRequest]:
             rule=rule,
             keep_updates=bool(config["keep-updates"]),
             deadline=float(config["deadline"]) if "deadline" in config else None,
+            sampled=bool(config["sampled"]),
         )
     return requests
 

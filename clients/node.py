@@ -27,7 +27,7 @@ import torch
 from flwr.supercore.differential_privacy import compute_clip_model_update
 
 from fedsim.clients.faults import hangs, inject_faults
-from fedsim.clients.work import TrainedClient, discard_runner, runner_for, train_sampled
+from fedsim.clients.work import TrainedClient, discard_runner, runner_for, train_one, train_sampled
 from fedsim.config import Scenario
 from fedsim.params import flatten_state
 from fedsim.strategies.aggregation import ContributionRule, prepare_update
@@ -53,6 +53,7 @@ class ShareRequest:
     rule: ContributionRule
     keep_updates: bool = False  # audited rounds: return each prepared update too
     deadline: float | None = None  # time.time() by which the node answers (round_timeout_s)
+    sampled: bool = True  # False: the audit's design-pool users (no faults injected)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,22 +75,69 @@ class CohortReplies:
     weight: float
     reports: list[ClientReport]
     failed: dict[int, str] = field(default_factory=dict)
-    updates: np.ndarray | None = None
+    updates: np.ndarray | None = None  # the cohort's prepared updates, if kept
+    design: np.ndarray | None = None  # the design-pool users' prepared updates, if asked for
 
     @classmethod
-    def combine(cls, results: list[ShareResult], *, dim: int, keep_updates: bool) -> CohortReplies:
-        """Sum the shares' totals in share order (the same order on every engine)."""
+    def combine(cls, results: list[ShareResult], *, cohort_shares: int, dim: int, keep_updates: bool) -> CohortReplies:
+        """Sum the first ``cohort_shares`` shares' totals in share order (the same order on
+        every engine); the shares after them are the design pool's."""
         total, weight, reports, failed = np.zeros(dim), 0.0, [], {}
-        for result in results:
+        for result in results[:cohort_shares]:
             total += result.total
             weight += result.weight
             reports.extend(result.reports)
             failed.update(result.failed)
-        updates = None
-        if keep_updates:
-            kept = [result.updates for result in results if result.updates is not None and len(result.updates)]
-            updates = np.concatenate(kept) if kept else np.zeros((0, dim))
-        return cls(total=total, weight=weight, reports=reports, failed=failed, updates=updates)
+        return cls(
+            total=total,
+            weight=weight,
+            reports=reports,
+            failed=failed,
+            updates=_rows(results[:cohort_shares], dim) if keep_updates else None,
+            design=_rows(results[cohort_shares:], dim) if len(results) > cohort_shares else None,
+        )
+
+
+def _rows(results: list[ShareResult], dim: int) -> np.ndarray:
+    kept = [result.updates for result in results if result.updates is not None and len(result.updates)]
+    return np.concatenate(kept) if kept else np.zeros((0, dim))
+
+
+def round_requests(
+    *,
+    round_number: int,
+    cohort: np.ndarray,
+    design_ids: list[int],
+    nodes: int,
+    rule: ContributionRule,
+    keep_updates: bool,
+    deadline: float | None,
+) -> tuple[list[ShareRequest], int]:
+    """A round's share requests and how many of them are the cohort's: the cohort in
+    shares for ``nodes`` nodes, then the audit's design-pool users (each update kept and
+    clipped as the server clips, no faults) in shares the same way."""
+    cohort_requests = [
+        ShareRequest(
+            round_number=round_number,
+            client_ids=[int(c) for c in share],
+            rule=rule,
+            keep_updates=keep_updates,
+            deadline=deadline,
+        )
+        for share in split_cohort(cohort, nodes=nodes)
+    ]
+    design_requests = [
+        ShareRequest(
+            round_number=round_number,
+            client_ids=[int(c) for c in share],
+            rule=ContributionRule(clip_norm=rule.clip_norm),
+            keep_updates=True,
+            deadline=deadline,
+            sampled=False,
+        )
+        for share in split_cohort(np.asarray(design_ids, dtype=int), nodes=nodes)
+    ]
+    return cohort_requests + design_requests, len(cohort_requests)
 
 
 def node_count(scenario: Scenario) -> int:
@@ -141,7 +189,7 @@ def _outcomes(
 ):
     """Yield (client id, TrainedClient or the exception it raised), one client after the
     other; past the deadline, (client id, TimeoutError) for the one in training and the rest."""
-    train = lambda cid: train_sampled(  # noqa: E731
+    train = lambda cid: (train_sampled if request.sampled else train_one)(  # noqa: E731
         scenario=scenario,
         start=state,
         client_id=cid,
@@ -192,7 +240,7 @@ def train_share(*, scenario: Scenario, state: dict[str, torch.Tensor], request: 
         cid
         for cid in request.client_ids
         if runner.takes_one_step(cid)
-        and not hangs(faults=scenario.faults, client_id=cid, round_number=request.round_number)
+        and not (request.sampled and hangs(faults=scenario.faults, client_id=cid, round_number=request.round_number))
     ]
     alone = [cid for cid in request.client_ids if cid not in together]
     total, weight, failed, answered = np.zeros_like(start_flat), 0.0, {}, {}

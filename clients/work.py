@@ -156,10 +156,18 @@ def discard_runner(scenario: Scenario) -> None:
 
 
 def train_one(
-    *, scenario: Scenario, start: dict[str, torch.Tensor], client_id: int, round_number: int
+    *,
+    scenario: Scenario,
+    start: dict[str, torch.Tensor],
+    client_id: int,
+    round_number: int,
+    start_flat: np.ndarray | None = None,
+    keep_arrays: bool = False,
 ) -> TrainedClient:
     """Train the scenario's model from ``start`` on one client's data for one round."""
-    return runner_for(scenario).train(start=start, client_id=client_id, round_number=round_number)
+    return runner_for(scenario).train(
+        start=start, client_id=client_id, round_number=round_number, start_flat=start_flat, keep_arrays=keep_arrays
+    )
 
 
 def train_sampled(
@@ -174,8 +182,13 @@ def train_sampled(
     """A sampled client's work in a round: :func:`train_one`, unless the scenario's
     ``faults`` make this client fail or hang (design-pool users never do)."""
     inject_faults(faults=scenario.faults, seed=scenario.seed, client_id=client_id, round_number=round_number)
-    return runner_for(scenario).train(
-        start=start, client_id=client_id, round_number=round_number, start_flat=start_flat, keep_arrays=keep_arrays
+    return train_one(
+        scenario=scenario,
+        start=start,
+        client_id=client_id,
+        round_number=round_number,
+        start_flat=start_flat,
+        keep_arrays=keep_arrays,
     )
 
 

@@ -3,19 +3,22 @@
 Flower's ``Strategy.start()`` runs every round in one call, so it cannot record a round
 before the next starts, audit with the round's updates, or resume. This loop does, round
 by round: sample the cohort -> train (through a transport; failed and late clients are
-counted) -> audit -> DP aggregation -> server optimiser step -> accountant -> federated
-evaluation -> one record, which the run store persists with a checkpoint before the next
-round begins. Everything a round depends on is either keyed by (seed, stream, round) in
+counted; on audited rounds the adversary's design-pool users train alongside) -> DP
+aggregation -> server optimiser step -> accountant -> federated evaluation, while the
+audit runs on the round's frozen model in a helper thread -> one record, which the run
+store persists with a checkpoint before the next round begins. Everything a round depends on is either keyed by (seed, stream, round) in
 fedsim/seeding.py or in :meth:`RoundLoop.state_dict`, so a run resumes exactly.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -28,13 +31,38 @@ from fedsim.privacy import DpMechanism, EmpiricalTracker, TheoryTracker
 from fedsim.records import RoundRecord
 from fedsim.seeding import EVALUATION, NOISE, round_rng
 from fedsim.store import RunStore
-from fedsim.strategies import build_aggregator, build_server_optimizer, sample_cohort
+from fedsim.strategies import Aggregator, build_aggregator, build_server_optimizer, sample_cohort
 from fedsim.strategies.aggregation import ContributionRule
 
 if TYPE_CHECKING:
     from fedsim.canaries.audit import AuditResult
 
 RoundCallback = Callable[[RoundRecord], None]
+T = TypeVar("T")
+
+
+def _in_background(work: Callable[[], T], *, name: str) -> Callable[[], T]:
+    """Start ``work`` in a daemon thread; the returned function waits for its result (and
+    raises what it raised)."""
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, work()))
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+            outcome.append((False, error))
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+
+    def result() -> T:
+        thread.join()
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value
+
+    return result
 
 
 @dataclass
@@ -67,10 +95,13 @@ class Transport(Protocol):
         rule: ContributionRule,
         keep_updates: bool,
         timeout_s: float | None,
+        design_ids: list[int] = (),
     ) -> CohortReplies:
         """Train each client of the cohort from ``state``, prepare each update by ``rule``
         and sum them (``keep_updates``: each prepared update too); clients that raise, or
-        have not answered after ``timeout_s`` seconds, are reported as failed."""
+        have not answered after ``timeout_s`` seconds, are reported as failed. The audit's
+        ``design_ids`` (design-pool users) train alongside: their updates come back
+        clipped as the server clips, in ``CohortReplies.design``."""
 
     def evaluate(self, *, round_number: int, state: dict[str, Any], client_ids: np.ndarray) -> tuple[float, int, int]:
         """Summed loss, correct predictions and count over the clients' held-out samples."""
@@ -139,6 +170,7 @@ class RoundLoop:
         )
         audited = self.auditor is not None and self.auditor.should_audit(round_number)
         dim = self.params.shape[0]
+        design_ids = self.auditor.design_ids if audited else []
         answered = (
             transport.train(
                 round_number=round_number,
@@ -147,21 +179,24 @@ class RoundLoop:
                 rule=self.aggregator.rule,
                 keep_updates=audited,
                 timeout_s=scenario.round_timeout_s,
+                design_ids=design_ids,
             )
-            if len(cohort)
-            else CohortReplies(total=np.zeros(dim), weight=0.0, reports=[], updates=np.zeros((0, dim)))
+            if len(cohort) or design_ids
+            else CohortReplies(total=np.zeros(dim), weight=0.0, reports=[])
         )
         self._check_replies(round_number, cohort, answered)
         reports = answered.reports
-        audit = None
-        if audited:
-            # on the frozen global model of this round, before the real step changes it
-            audit = self.auditor.audit(
-                round_number=round_number,
-                params=self.params,
-                template=self.template,
-                cohort_updates=answered.updates,
-                aggregator=self.aggregator,
+        audited_round = None
+        if audited:  # in a helper thread, while the round is aggregated, accounted and evaluated
+            audited_round = _in_background(
+                functools.partial(
+                    self._audit,
+                    round_number=round_number,
+                    params=self.params,  # the frozen global model: the step below makes a new array
+                    answered=answered,
+                    aggregator=copy.deepcopy(self.aggregator),  # as it releases this round
+                ),
+                name=f"fedsim-audit-{round_number}",
             )
         rng = round_rng(seed=scenario.seed, stream=NOISE, round_number=round_number)
         aggregate = self.aggregator.aggregate(
@@ -195,9 +230,27 @@ class RoundLoop:
             "epsilon_cumulative_theory": epsilon.cumulative,
             "epsilon_cumulative_theory_rdp": epsilon.cumulative_rdp,
         }
-        if self.empirical is not None:
-            columns.update(self._empirical_columns(audit))
+        audit = None
+        if audited_round is not None:
+            audit, empirical = audited_round()
+            columns.update(empirical)
+        elif self.empirical is not None:
+            columns.update(self._empirical_columns(None))
         return RoundResult(RoundRecord(**columns, seconds=round(time.perf_counter() - started, 4)), audit)
+
+    def _audit(
+        self, *, round_number: int, params: np.ndarray, answered: CohortReplies, aggregator: Aggregator
+    ) -> tuple[AuditResult, dict[str, Any]]:
+        """Audit a round on its frozen global model and extend the empirical extrapolation."""
+        audit = self.auditor.audit(
+            round_number=round_number,
+            params=params,
+            template=self.template,
+            cohort_updates=answered.updates,
+            design_updates=answered.design,
+            aggregator=aggregator,
+        )
+        return audit, self._empirical_columns(audit)
 
     def _check_replies(self, round_number: int, cohort: np.ndarray, answered: CohortReplies) -> None:
         """Go on with the replies that came, unless fewer than ``min_replies`` of the cohort

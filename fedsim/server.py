@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.serverapp import Grid, ServerApp
 
 from fedsim.clients.messages import read_results, read_scores, request_content
-from fedsim.clients.node import CohortReplies, ShareRequest, ShareResult, split_cohort
+from fedsim.clients.node import CohortReplies, ShareRequest, ShareResult, round_requests
 from fedsim.clients.work import total_scores
 from fedsim.config import Scenario
 from fedsim.errors import FedsimError
@@ -71,22 +71,20 @@ class FlowerTransport:
         rule: ContributionRule,
         keep_updates: bool,
         timeout_s: float | None,
+        design_ids: list[int] = (),
     ) -> CohortReplies:
-        deadline = None if timeout_s is None else time.time() + timeout_s
         dim = sum(int(np.prod(value.shape)) for value in state.values())
         arrays = ArrayRecord(state)
-        shares = split_cohort(cohort, nodes=len(self.node_ids))
-        requests = {
-            index: ShareRequest(
-                round_number=round_number,
-                client_ids=[int(c) for c in share],
-                rule=rule,
-                keep_updates=keep_updates,
-                deadline=deadline,
-            )
-            for index, share in enumerate(shares)
-        }
-        lanes = [list(range(lane, len(shares), self.lanes)) for lane in range(min(self.lanes, len(shares)))]
+        requests, cohort_shares = round_requests(
+            round_number=round_number,
+            cohort=cohort,
+            design_ids=list(design_ids),
+            nodes=len(self.node_ids),
+            rule=rule,
+            keep_updates=keep_updates,
+            deadline=None if timeout_s is None else time.time() + timeout_s,
+        )
+        lanes = [list(range(lane, len(requests), self.lanes)) for lane in range(min(self.lanes, len(requests)))]
         messages = [
             Message(
                 content=request_content(arrays=arrays, requests={index: requests[index] for index in lane}),
@@ -105,16 +103,20 @@ class FlowerTransport:
             lane = lane_of[reply.metadata.reply_to_message_id]
             if reply.has_error():  # the node failed as a whole: every client of its shares did
                 why = _reason(reply.error.reason)
-                results.update({index: _failed_share(shares[index], dim=dim, why=why) for index in lane})
+                results.update({index: _failed_share(requests[index], dim=dim, why=why) for index in lane})
                 continue
             answered, host = read_results(reply.content)
             results.update(answered)
             hosts.append(host)
-        for index, share in enumerate(shares):  # lanes that did not answer in time
+        for index, request in enumerate(requests):  # lanes that did not answer in time
             if index not in results:
-                results[index] = _failed_share(share, dim=dim, why=f"no reply within round_timeout_s={timeout_s:g}")
+                why = f"no reply within round_timeout_s={timeout_s:g}"
+                results[index] = _failed_share(request, dim=dim, why=why)
         return CohortReplies.combine(
-            [results[index] for index in range(len(shares))], dim=dim, keep_updates=keep_updates
+            [results[index] for index in range(len(requests))],
+            cohort_shares=cohort_shares,
+            dim=dim,
+            keep_updates=keep_updates,
         )
 
     def evaluate(self, *, round_number: int, state: dict[str, Any], client_ids: np.ndarray) -> tuple[float, int, int]:
@@ -147,9 +149,9 @@ def _actors(scenario: Scenario) -> int | None:
         return None
 
 
-def _failed_share(share: np.ndarray, *, dim: int, why: str) -> ShareResult:
+def _failed_share(request: ShareRequest, *, dim: int, why: str) -> ShareResult:
     """A share none of whose clients answered."""
-    return ShareResult(total=np.zeros(dim), weight=0.0, reports=[], failed={int(c): why for c in share})
+    return ShareResult(total=np.zeros(dim), weight=0.0, reports=[], failed=dict.fromkeys(request.client_ids, why))
 
 
 def _reason(text: str) -> str:

@@ -155,3 +155,33 @@ def test_messages_carry_shares_both_ways():
     assert back[5].reports == [] and back[5].updates is None and back[5].weight == 0.0
     scores = [(1.5, 2, 3), (0.25, 0, 1)]
     assert read_scores(scores_content(scores)) == scores
+
+
+def test_design_pool_users_train_alongside_the_cohort_but_outside_its_sum(project_root):
+    """The audit's design-pool users train in their own shares of the round (on the nodes),
+    clipped as the server clips, never failing on purpose, and never in the round's sum."""
+    from fedsim.clients.local import InProcessTransport
+    from fedsim.strategies.aggregation import clip_update
+
+    design = [20, 21]  # the first design-pool ids (20 training clients)
+    scenario = _scenario(project_root, "dp.clip_norm=0.05", f"faults.fail_clients={design}")
+    loop = RoundLoop(scenario=scenario)
+    state, rule = loop.state(), loop.aggregator.rule
+    transport = InProcessTransport(scenario=scenario)
+    train = lambda ids: transport.train(  # noqa: E731
+        round_number=1,
+        state=state,
+        cohort=np.array([0, 1, 2]),
+        rule=rule,
+        keep_updates=True,
+        timeout_s=None,
+        design_ids=ids,
+    )
+    with_design, without = train(design), train([])
+    assert [r.client_id for r in with_design.reports] == [0, 1, 2] and not with_design.failed
+    np.testing.assert_array_equal(with_design.total, without.total)
+    np.testing.assert_array_equal(with_design.updates, without.updates)
+    assert without.design is None and with_design.design.shape == (2, with_design.total.shape[0])
+    for row, client_id in zip(with_design.design, design):
+        trained = runner_for(scenario).train(start=state, client_id=client_id, round_number=1)
+        np.testing.assert_array_equal(row, clip_update(trained.update, norm=trained.update_norm, clip_norm=0.05))
