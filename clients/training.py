@@ -97,7 +97,8 @@ def _train(
 ) -> TrainResult:
     model.train()  # a reused model may come from evaluation; Opacus needs training mode
     generator = torch.Generator().manual_seed(seed)
-    dataset = TensorDataset(data.x_train, data.y_train)
+    device = _device_of(model)
+    dataset = TensorDataset(data.x_train.to(device), data.y_train.to(device))
     loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, generator=generator)
     trained: nn.Module = model
     if settings.dpsgd_noise_multiplier is not None:
@@ -113,7 +114,7 @@ def _train(
                 noise_multiplier=settings.dpsgd_noise_multiplier,
                 max_grad_norm=settings.dpsgd_clip_norm,
                 poisson_sampling=True,
-                noise_generator=generator,
+                noise_generator=generator if device.type == "cpu" else torch.Generator(device).manual_seed(seed),
             )
     trained.train()
     loss_fn = nn.CrossEntropyLoss()
@@ -147,11 +148,12 @@ def _train(
 def evaluate_client(*, model: nn.Module, data: ClientData, batch_size: int = 256) -> tuple[float, int, int]:
     """Summed loss, number correct and number of held-out samples of one client."""
     model.eval()
+    device = _device_of(model)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     loss_sum, correct = 0.0, 0
     for start in range(0, data.num_test, batch_size):
-        x = data.x_test[start : start + batch_size]
-        y = data.y_test[start : start + batch_size]
+        x = data.x_test[start : start + batch_size].to(device)
+        y = data.y_test[start : start + batch_size].to(device)
         logits = model(x)
         loss_sum += float(loss_fn(logits, y))
         correct += int((logits.argmax(dim=1) == y).sum())

@@ -45,7 +45,7 @@ class ClientRunner:
         self.scenario = scenario
         self.dataset = dataset_for(scenario)
         self.settings = train_settings(scenario)
-        self.model = model_for(scenario, self.dataset)
+        self.model = model_for(scenario, self.dataset).to(scenario.device)
         self.optimizer = make_optimizer(self.model, self.settings)
         self.batchable = supports(self.model)
 

@@ -201,6 +201,24 @@ class Scenario(_Section):
     )
     faults: FaultsConfig = FaultsConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    device: Literal["cpu", "cuda"] = Field(
+        "cpu", description="where clients train: cpu, or cuda (with ray.num_gpus_per_client, a GPU share per client)"
+    )
+
+    @model_validator(mode="after")
+    def _check_devices(self) -> Scenario:
+        gpus = self.ray.num_gpus_per_client
+        if self.device == "cuda" and gpus == 0:
+            raise ValueError(
+                "device cuda needs ray.num_gpus_per_client > 0 (Ray hides GPUs from clients that reserve none), "
+                "e.g. 0.25 for four clients per GPU"
+            )
+        if self.device == "cpu" and gpus > 0:
+            raise ValueError(
+                f"ray.num_gpus_per_client {gpus:g} reserves GPUs for clients that train on the CPU; "
+                "set device: cuda, or ray.num_gpus_per_client: 0"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_cohort(self) -> Scenario:
@@ -322,12 +340,21 @@ def check_runnable(scenario: Scenario) -> None:
     """What running the scenario needs beyond valid values: its model and its data folder.
 
     Raises:
-        ScenarioError: One line naming the key: an unknown ``model.name``, a model that
-            cannot read the data set's inputs, or a ``data.root`` that does not exist.
+        ScenarioError: One line naming the key: ``device: cuda`` without a CUDA GPU, an
+            unknown ``model.name``, a model that cannot read the data set's inputs, or a
+            ``data.root`` that does not exist.
     """
     from fedsim.models import MODELS, TEXT_MODELS  # imports torch: kept out of the value checks
 
     model, data = scenario.model.name, scenario.data
+    if scenario.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ScenarioError(
+                f"scenario key 'device': got 'cuda', but torch {torch.__version__} finds no CUDA GPU on this machine; "
+                "use device: cpu (and ray.num_gpus_per_client: 0), or run where a GPU and a CUDA build of torch are"
+            )
     if data.root is not None and DATA_OPTIONS[data.name].needs_root and not Path(data.root).is_dir():
         how = DATA_OPTIONS[data.name].get_files.replace("DIR", data.root)
         raise ScenarioError(f"scenario key 'data.root': folder {data.root!r} does not exist; {how}")

@@ -117,6 +117,14 @@ CASES = [
         ("audit.enabled=true", "audit.design_pool=50"),
     ),
     Case(
+        "cuda without a GPU share per client",
+        ("device cuda", "ray.num_gpus_per_client"),
+        ("device=cuda",),
+    ),
+    Case(
+        "GPU share for CPU clients", ("ray.num_gpus_per_client 0.5", "device: cuda"), ("ray.num_gpus_per_client=0.5",)
+    ),
+    Case(
         "local DP-SGD without noise",
         ("dp.noise_multiplier", "local_dpsgd"),
         ("dp.mode=local_dpsgd", "dp.noise_multiplier=0"),
@@ -228,4 +236,25 @@ def test_bad_input_exits_2_with_one_line_naming_it_and_writes_nothing(case, tmp_
     assert lines[0].startswith("fedsim: error: ")
     for fragment in case.fragments:
         assert fragment in lines[0], lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_where_no_gpu_exists_fails_at_once(tmp_path):
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text(BASE)
+    argv = [
+        "run",
+        str(scenario),
+        "--set",
+        "device=cuda",
+        "--set",
+        "ray.num_gpus_per_client=0.5",
+        "--out",
+        str(tmp_path / "runs"),
+    ]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "scenario key 'device'" in lines[0] and "no CUDA GPU" in lines[0], result.stderr
     assert not (tmp_path / "runs").exists()
