@@ -110,3 +110,58 @@ def test_dead_ray_address_fails_fast_with_one_line(tmp_path, project_root):
     assert f"no Ray cluster answers at 127.0.0.1:{port}" in result.stderr
     assert "ray start --head" in result.stderr
     assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+@pytest.mark.slow
+def test_a_two_node_cluster_on_one_machine_runs_clients_on_both_nodes(tmp_path, project_root, monkeypatch):
+    """A head and a worker node (ray.cluster_utils.Cluster, one CPU each, on 127.0.0.1):
+    one client actor per node, one message lane per actor, and the replies name the Ray
+    node that trained them: both nodes trained clients, and the rounds equal in-process."""
+    from ray.cluster_utils import Cluster
+
+    import fedsim.server as server
+
+    transports = []
+    original = server.FlowerTransport.__init__
+
+    def remember(self, **kwargs):
+        original(self, **kwargs)
+        transports.append(self)
+
+    monkeypatch.setattr(server.FlowerTransport, "__init__", remember)
+    temp_dir = Path(tempfile.mkdtemp(prefix="fsc", dir="/tmp"))  # Ray's socket paths must stay short
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 1,
+            "node_ip_address": "127.0.0.1",
+            "include_dashboard": False,
+            "temp_dir": str(temp_dir),
+        },
+    )
+    try:
+        worker = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        cluster.wait_for_nodes()
+        scenario = load_scenario(
+            project_root / "scenarios" / "quickstart.yaml",
+            overrides=[
+                "rounds=3",
+                "clients_per_round=8",
+                "data.num_clients=24",
+                "client.epochs=20",  # long enough that both actors are busy at once
+                "ray.num_nodes=4",
+                "audit.enabled=false",
+            ],
+        )
+        flower = run_scenario(scenario=scenario, out_dir=tmp_path / "flower", ray_address=cluster.address).rows
+        nodes = {cluster.head_node.node_id, worker.node_id}
+        (transport,) = transports
+        assert transport.lanes == 2
+        hosts = {host for round_hosts in transport.hosts.values() for host in round_hosts}
+        assert hosts == nodes, (hosts, nodes)
+        local = run_scenario(scenario=scenario, out_dir=tmp_path / "local", engine="inprocess").rows
+        strip = lambda rows: [dataclasses.replace(row, seconds=None) for row in rows]  # noqa: E731
+        assert strip(flower) == strip(local)
+    finally:
+        cluster.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
