@@ -1,12 +1,14 @@
 """A node's work in a round: many logical clients, trained one after the other.
 
 The server splits a round's cohort into one share per node (:func:`split_cohort`); a
-node trains its share's clients with the model and data already in its process, prepares
-each update on its own as the strategy's :class:`ContributionRule` says (each clipped
-separately; client-side clipping with the helper of Flower's ``fixedclipping_mod``, which
-clips one update per message and so cannot be used on a message of many clients), and
-returns their sum, each client's report, and on audited rounds the prepared updates
-themselves. Ray and serialisation are paid per node and round, not per client.
+node trains its share's clients with the model and data already in its process (clients
+that take one plain SGD step together, fedsim.clients.batched; the others one after the
+other), prepares each update on its own as the strategy's :class:`ContributionRule` says
+(each clipped separately; client-side clipping with the helper of Flower's
+``fixedclipping_mod``, which clips one update per message and so cannot be used on a
+message of many clients), and returns their sum, each client's report, and on audited
+rounds the prepared updates themselves. Ray and serialisation are paid per message and
+round, not per client.
 
 A client that raises fails alone; past the share's deadline (``round_timeout_s``) the
 client in training and those after it count as failed and the node answers with the
@@ -167,9 +169,10 @@ def _one_step_outcomes(
     ready = []
     for client_id in client_ids:
         try:  # a failing client fails alone (hanging ones are trained one by one)
-            inject_faults(
-                faults=scenario.faults, seed=scenario.seed, client_id=client_id, round_number=request.round_number
-            )
+            if request.sampled:  # design-pool users never fail on purpose
+                inject_faults(
+                    faults=scenario.faults, seed=scenario.seed, client_id=client_id, round_number=request.round_number
+                )
             ready.append(client_id)
         except Exception as error:  # noqa: BLE001 - a failing client, reported to the server
             yield client_id, error

@@ -1,11 +1,12 @@
 """The ServerApp: runs fedsim's round loop on Flower's Grid.
 
-Clients are reached through Flower messages: one train message per supernode and round,
-naming its share of the sampled logical clients (fedsim.clients.node); the reply sums
-their prepared updates and reports each client, failures included (a client that raises
-or is still training at the round's deadline, ``round_timeout_s``, is counted as failed;
-so are all clients of a node that does not answer). Evaluation is spread over the
-supernodes in chunks of client ids.
+Clients are reached through Flower messages: the round's cohort is split into one share
+of logical clients per supernode (fedsim.clients.node), and the shares travel in one
+train message per client actor that can run at once; the reply sums each share's
+prepared updates and reports each client, failures included (a client that raises or is
+still training at the round's deadline, ``round_timeout_s``, is counted as failed; so are
+all clients of a message that does not answer). Evaluation is spread over the same
+lanes in chunks of client ids.
 """
 
 from __future__ import annotations

@@ -114,3 +114,18 @@ def test_a_share_mixes_batched_and_failing_clients(sent140_scenario):
         scenario=scenario, state=state, request=ShareRequest(round_number=1, client_ids=[1, 3], rule=rule)
     )
     np.testing.assert_array_equal(share.total, clean.total)
+
+
+def test_design_pool_users_take_the_batched_path_without_faults(sent140_scenario):
+    """The audit's design-pool users (sampled=False) never fail on purpose, batched or not."""
+    scenario = sent140_scenario.model_copy(
+        update={"faults": sent140_scenario.faults.model_copy(update={"fail_clients": [36, 37]})}
+    )
+    state = RoundLoop(scenario=scenario).state()
+    request = ShareRequest(
+        round_number=1, client_ids=[36, 37], rule=ContributionRule(clip_norm=0.5), keep_updates=True, sampled=False
+    )
+    assert ClientRunner(scenario=scenario).takes_one_step(36)
+    share = train_share(scenario=scenario, state=state, request=request)
+    assert [r.client_id for r in share.reports] == [36, 37] and not share.failed
+    assert share.updates.shape[0] == 2 and np.all(np.linalg.norm(share.updates, axis=1) <= 0.5 * (1 + 1e-9))
