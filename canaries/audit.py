@@ -39,6 +39,7 @@ from fedsim.errors import FedsimError
 from fedsim.experiment import model_for, train_settings
 from fedsim.params import flatten_state, unflatten_state
 from fedsim.privacy import DpMechanism
+from fedsim.records import WhatIfPoint
 from fedsim.seeding import AUDIT, round_rng
 from fedsim.strategies.aggregation import clip_updates
 from fedsim.strategies.dp import Aggregator
@@ -65,14 +66,14 @@ class Replay:
     def summary(self) -> dict[str, Any]:
         """JSON-able description (without the raw scores)."""
         gaussian, threshold = self.estimates.get("gaussian"), self.estimates.get("threshold")
-        return {
-            "noise_multiplier": self.noise_multiplier,
-            "epsilon_theory": self.epsilon_theory,
-            "epsilon_empirical": gaussian.epsilon if gaussian else None,
-            "ci_low": gaussian.lower if gaussian else None,
-            "ci_high": gaussian.upper if gaussian else None,
-            "lower_bound": threshold.lower if threshold else None,
-        }
+        return WhatIfPoint(
+            noise_multiplier=self.noise_multiplier,
+            epsilon_theory=self.epsilon_theory,
+            epsilon_empirical=gaussian.epsilon if gaussian else None,
+            ci_low=gaussian.lower if gaussian else None,
+            ci_high=gaussian.upper if gaussian else None,
+            lower_bound=threshold.lower if threshold else None,
+        ).as_dict()
 
 
 @dataclass(frozen=True)

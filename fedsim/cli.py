@@ -357,8 +357,8 @@ def sweep(
     """Run a scenario once per combination of --grid values, one run folder each.
 
     Folders are named after their overrides (OUT/NAME__key=value__...). Running the same
-    sweep again skips completed combinations and reruns the others; an unfinished folder
-    is renamed NAME.<status>-<time>, never deleted. Ends with the compare table.
+    sweep again skips completed combinations and resumes interrupted or failed ones from
+    their checkpoints; nothing is deleted. Ends with the compare table.
     """
     from rich.console import Console
 
@@ -379,8 +379,9 @@ def sweep(
             console.print(f"{where}: completed earlier, skipped", highlight=False, soft_wrap=True)
         elif kind == "moved":
             console.print(f"{where}: unfinished folder moved aside to {detail}", highlight=False, soft_wrap=True)
-        elif kind == "start":
-            console.print(f"{where}: running", highlight=False, soft_wrap=True)
+        elif kind in ("start", "resume"):
+            what = "running" if kind == "start" else f"resuming the {detail} run from its last checkpoint"
+            console.print(f"{where}: {what}", highlight=False, soft_wrap=True)
             current["progress"] = RunProgress(
                 console=console,
                 name=run.name,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -108,6 +109,21 @@ def _runs(rounds: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return [(str(run_id), group.sort_values("round")) for run_id, group in frame.groupby("run_id", sort=False)]
 
 
+def _line(x, values: pd.Series, *, run_id: str, name: str, hover: str, line: dict, **style: Any) -> go.Scatter:
+    """One run's line of a per-round chart (infinite values left out), grouped by run."""
+    return go.Scatter(
+        x=x,
+        y=_finite(values),
+        mode=style.pop("mode", "lines"),
+        line=line,
+        name=name,
+        hovertemplate=f"round %{{x}}<br>{hover} %{{y:.3f}}<extra>{run_id}</extra>",
+        legendgroup=run_id,
+        legendgrouptitle_text=run_id,
+        **style,
+    )
+
+
 def epsilon_per_round(rounds: pd.DataFrame) -> go.Figure:
     """Per-round epsilon of each run: the theoretical bound, the audit's estimate with its
     confidence band, and the threshold method's lower bound, against the round."""
@@ -119,14 +135,13 @@ def epsilon_per_round(rounds: pd.DataFrame) -> go.Figure:
         x = run["round"].to_numpy(dtype=float)
         group = {"legendgroup": run_id, "legendgrouptitle_text": run_id}
         figure.add_trace(
-            go.Scatter(
-                x=x,
-                y=_finite(run["epsilon_round_theory"]),
-                mode="lines",
-                line={"color": color, "width": 2},
+            _line(
+                x,
+                run["epsilon_round_theory"],
+                run_id=run_id,
                 name="theory (upper bound)",
-                hovertemplate="round %{x}<br>theory ε %{y:.3f}<extra>" + run_id + "</extra>",
-                **group,
+                hover="theory ε",
+                line={"color": color, "width": 2},
             )
         )
         if _infinite(run["epsilon_round_theory"]):
@@ -157,29 +172,29 @@ def epsilon_per_round(rounds: pd.DataFrame) -> go.Figure:
                 )
             )
         figure.add_trace(
-            go.Scatter(
-                x=ax,
-                y=_finite(audited["epsilon_round_empirical"]),
-                mode="lines+markers",
-                line={"color": color, "dash": "dot", "width": 1.5},
-                marker={"size": 7, "symbol": "circle"},
+            _line(
+                ax,
+                audited["epsilon_round_empirical"],
+                run_id=run_id,
                 name="empirical estimate (canary audit)",
-                hovertemplate="round %{x}<br>empirical ε %{y:.3f}<extra>" + run_id + "</extra>",
-                **group,
+                hover="empirical ε",
+                line={"color": color, "dash": "dot", "width": 1.5},
+                mode="lines+markers",
+                marker={"size": 7, "symbol": "circle"},
             )
         )
         if _infinite(audited["epsilon_round_empirical"]):
             notes.append(f"{run_id}: some estimates are ∞ (scores separated perfectly), not drawn")
         figure.add_trace(
-            go.Scatter(
-                x=ax,
-                y=_finite(audited["epsilon_round_empirical_lower_bound"]),
-                mode="lines+markers",
-                line={"color": color, "dash": "dash", "width": 1},
-                marker={"size": 8, "symbol": "triangle-up-open"},
+            _line(
+                ax,
+                audited["epsilon_round_empirical_lower_bound"],
+                run_id=run_id,
                 name="audit lower bound (threshold method)",
-                hovertemplate="round %{x}<br>lower bound ε %{y:.3f}<extra>" + run_id + "</extra>",
-                **group,
+                hover="lower bound ε",
+                line={"color": color, "dash": "dash", "width": 1},
+                mode="lines+markers",
+                marker={"size": 8, "symbol": "triangle-up-open"},
             )
         )
     _layout(
@@ -201,16 +216,14 @@ def epsilon_cumulative(rounds: pd.DataFrame) -> go.Figure:
     for run_id, run in _runs(rounds):
         color = colors[run_id]
         x = run["round"].to_numpy(dtype=float)
-        group = {"legendgroup": run_id, "legendgrouptitle_text": run_id}
         figure.add_trace(
-            go.Scatter(
-                x=x,
-                y=_finite(run["epsilon_cumulative_theory"]),
-                mode="lines",
-                line={"color": color, "width": 2},
+            _line(
+                x,
+                run["epsilon_cumulative_theory"],
+                run_id=run_id,
                 name="theory (upper bound)",
-                hovertemplate="round %{x}<br>cumulative theory ε %{y:.3f}<extra>" + run_id + "</extra>",
-                **group,
+                hover="cumulative theory ε",
+                line={"color": color, "width": 2},
             )
         )
         if _infinite(run["epsilon_cumulative_theory"]):
@@ -218,16 +231,13 @@ def epsilon_cumulative(rounds: pd.DataFrame) -> go.Figure:
         empirical = run["epsilon_cumulative_empirical_extrapolated"]
         if empirical.notna().any():
             figure.add_trace(
-                go.Scatter(
-                    x=x,
-                    y=_finite(empirical),
-                    mode="lines",
-                    line={"color": color, "dash": "dot", "width": 2},
+                _line(
+                    x,
+                    empirical,
+                    run_id=run_id,
                     name="empirical, extrapolated (estimates composed)",
-                    hovertemplate="round %{x}<br>cumulative empirical ε %{y:.3f} (extrapolated)<extra>"
-                    + run_id
-                    + "</extra>",
-                    **group,
+                    hover="cumulative empirical ε (extrapolated)",
+                    line={"color": color, "dash": "dot", "width": 2},
                 )
             )
             if _infinite(empirical):

@@ -55,7 +55,24 @@ class RoundRecord:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True, kw_only=True)
+class WhatIfPoint:
+    """An audited round replayed at another noise multiplier (``audit.noise_multipliers``):
+    one entry of ``what_if`` in ``audits/round_NNNN.json``."""
+
+    noise_multiplier: float
+    epsilon_theory: float  # that release alone, a bound
+    epsilon_empirical: float | None  # the Gaussian-fit estimate
+    ci_low: float | None
+    ci_high: float | None
+    lower_bound: float | None  # the threshold method's lower confidence bound
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 ROUND_COLUMNS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(RoundRecord))
+WHAT_IF_COLUMNS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(WhatIfPoint))
 INTEGER_COLUMNS: frozenset[str] = frozenset(
     name for name, hint in get_type_hints(RoundRecord).items() if hint is int or hint == int | None
 )

@@ -28,7 +28,7 @@ import pandas as pd
 import yaml
 
 from fedsim.errors import FedsimError
-from fedsim.records import INTEGER_COLUMNS, ROUND_COLUMNS
+from fedsim.records import INTEGER_COLUMNS, ROUND_COLUMNS, WHAT_IF_COLUMNS
 from fedsim.store import RunStore
 
 __all__ = [
@@ -70,16 +70,6 @@ SCENARIO_FIELDS: tuple[str, ...] = (
 )
 """The scenario's main fields, first among the scenario columns (every other scalar key of
 scenario.yaml follows them, flattened with dots, e.g. ``data.options.alpha``)."""
-
-WHAT_IF_COLUMNS: tuple[str, ...] = (
-    "noise_multiplier",
-    "epsilon_theory",
-    "epsilon_empirical",
-    "ci_low",
-    "ci_high",
-    "lower_bound",
-)
-"""The entries of one what-if point (an audited round replayed at another noise multiplier)."""
 
 
 def find_runs(paths: PathLike | Iterable[PathLike]) -> list[Path]:

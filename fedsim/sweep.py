@@ -3,11 +3,12 @@
 Each combination's folder is named after its overrides
 (``<out>/<scenario name>__dp.noise_multiplier=0.5__dp.mode=client_fixed``), so running
 the same sweep again finds its earlier runs: a folder whose manifest says ``completed``
-(with the same resolved scenario) is skipped; any other folder (interrupted, failed, or
-killed while running) is renamed ``<name>.<status>-<date>-<time>`` and the combination
-runs again; a folder whose run is still going in another live process stops the sweep.
-Nothing is deleted. Combinations run one after the other, all with the
-scenario's seed.
+(with the same resolved scenario) is skipped; an interrupted or failed one (or one killed
+while running) is resumed from its last checkpoint, as ``fedsim resume`` does; a folder
+without a readable manifest is renamed ``<name>.incomplete-<date>-<time>`` and the
+combination runs again; a folder whose run is still going in another live process stops
+the sweep. A folder of the same name with other settings stops it too. Nothing is
+deleted. Combinations run one after the other, all with the scenario's seed.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import yaml
 
 from fedsim.config import Scenario, load_scenario, parse_overrides, scenario_to_yaml
 from fedsim.errors import FedsimError
-from fedsim.store import RunStore
 
 __all__ = ["SweepRun", "parse_grid", "plan_sweep", "run_name", "run_sweep"]
 
@@ -115,8 +115,7 @@ def _status(folder: Path) -> str:
         return "incomplete"
 
 
-def _move_aside(folder: Path, status: str) -> Path:
-    label = {"running": "interrupted", "None": "incomplete"}.get(status, status)
+def _move_aside(folder: Path, label: str) -> Path:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     target = folder.with_name(f"{folder.name}.{label}-{stamp}")
     suffix = 1
@@ -145,11 +144,12 @@ def run_sweep(
 
     Returns (combination, folder, outcome) with outcome ``skipped`` (completed earlier),
     ``completed`` or ``failed``. ``on_event(kind, run, folder, detail)`` is told of each
-    ``skip``, ``moved`` (an unfinished folder renamed; detail: the new path), ``start``,
-    ``done`` and ``failed`` (detail: the error). A KeyboardInterrupt stops the sweep
+    ``skip``, ``moved`` (a folder without a readable manifest renamed; detail: the new
+    path), ``start``, ``resume`` (an interrupted or failed run continued; detail: its
+    status), ``done`` and ``failed`` (detail: the error). A KeyboardInterrupt stops the sweep
     (the interrupted run's folder says so); a failed run does not.
     """
-    from fedsim.runner import run_scenario  # imports torch: only when a sweep runs
+    from fedsim.runner import resume_run, run_scenario  # imports torch: only when a sweep runs
 
     out = Path(out)
     results: list[tuple[SweepRun, Path, str]] = []
@@ -160,36 +160,29 @@ def run_sweep(
 
     for run in plan:
         folder = out / run.name
-        if folder.exists():
-            status = _status(folder)
-            if status == "completed":
-                stored = yaml.safe_load((folder / "scenario.yaml").read_text())
-                wanted = yaml.safe_load(scenario_to_yaml(run.scenario))
-                difference = _first_difference(stored, wanted)
-                if difference:
-                    raise FedsimError(
-                        f"{folder} is a completed run of other settings ({difference}); "
-                        "pass another --out or move that folder away"
-                    )
-                tell("skip", run, folder)
-                results.append((run, folder, "skipped"))
-                continue
-            if status == "running":
-                RunStore.open(folder).check_not_running()  # a live process still writes it: refuse
-            moved = _move_aside(folder, status)
-            tell("moved", run, folder, str(moved))
-        tell("start", run, folder)
+        status = _status(folder) if folder.exists() else None
+        if status not in (None, "incomplete"):
+            stored = yaml.safe_load((folder / "scenario.yaml").read_text())
+            difference = _first_difference(stored, yaml.safe_load(scenario_to_yaml(run.scenario)))
+            if difference:
+                raise FedsimError(
+                    f"{folder} is a run of other settings ({difference}); pass another --out or move that folder away"
+                )
+        if status == "completed":
+            tell("skip", run, folder)
+            results.append((run, folder, "skipped"))
+            continue
+        if status == "incomplete":
+            tell("moved", run, folder, str(_move_aside(folder, status)))
+            status = None
+        common = dict(ray_address=ray_address, verbose=verbose, on_round=on_round, on_start=on_start, engine=engine)
         try:
-            run_scenario(
-                scenario=run.scenario,
-                out_dir=out,
-                ray_address=ray_address,
-                verbose=verbose,
-                on_round=on_round,
-                on_start=on_start,
-                engine=engine,
-                run_id=run.name,
-            )
+            if status is None:
+                tell("start", run, folder)
+                run_scenario(scenario=run.scenario, out_dir=out, run_id=run.name, **common)
+            else:
+                tell("resume", run, folder, status)
+                resume_run(path=folder, **common)
         except FedsimError as error:
             if not folder.exists():
                 raise  # failed before the run began (input, data, cluster): every run would

@@ -80,11 +80,11 @@ def test_interrupted_sweep_restarts_without_redoing_finished_runs(tmp_path, proj
         yaml.safe_load((tmp_path / name / "scenario.yaml").read_text())["dp"]["noise_multiplier"] for name in NAMES
     ]
     assert stored_noise == [0.5, 1.0, 2.0]
-    # the interrupted attempt was kept, renamed, not deleted
-    (aside,) = [path for path in tmp_path.iterdir() if path.name.startswith(f"{NAMES[1]}.interrupted-")]
-    assert RunStore.open(aside).manifest()["status"] == "interrupted"
+    # the interrupted combination was resumed from its checkpoint, in its own folder
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(NAMES)
+    assert len(RunStore.open(tmp_path / NAMES[1]).manifest()["resumed_at"]) == 1
     assert f"[1/3] {NAMES[0]}: completed earlier, skipped" in result.output
-    assert "moved aside" in result.output
+    assert f"[2/3] {NAMES[1]}: resuming the interrupted run from its last checkpoint" in result.output
     # the compare table closes the sweep: one row per combination, with its noise
     table_rows = [line.split("│")[1:-1] for line in result.output.splitlines() if line.startswith("│ quickstart__")]
     assert [[cell.strip() for cell in row][:7] for row in table_rows] == [
