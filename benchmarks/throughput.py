@@ -46,7 +46,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SENT140_USERS = 1435  # sent140.yaml: 1,415 clients + 20 design-pool users
+SENT140_USERS = 1435  # 1,415 clients + 20 design-pool users (the shared sample's users with >= 2 tweets)
 SHAKESPEARE_ROLES = 60
 
 
@@ -85,13 +85,28 @@ def workload_overrides(workload: str, data_root: Path, rounds: int) -> tuple[Pat
     common = ["audit.enabled=false", f"rounds={rounds}", "evaluation.every=100000", "dp.noise_multiplier=1.0"]
     if workload == "sent140":
         write_sent140(data_root)
-        return ROOT / "scenarios" / "sent140.yaml", [*common, f"data.root={data_root}", "evaluation.clients=100"]
+        return ROOT / "scenarios" / "sent140.yaml", [
+            *common,
+            f"data.root={data_root}",
+            "evaluation.clients=100",
+            # the workload, pinned here (the scenario file is tuned for accuracy under noise)
+            "data.num_clients=1415",
+            "clients_per_round=100",
+            "data.options.min_samples=2",
+            "data.options.max_words=2000",
+            "model.hidden=100",
+        ]
     if workload == "shakespeare":
         write_shakespeare(data_root)
         return ROOT / "scenarios" / "shakespeare.yaml", [
             *common,
             f"data.root={data_root}",
             "data.options.source=speeches",
+            # LEAF's LSTM 256 on 5 of 50 roles a round, pinned here
+            "data.num_clients=50",
+            "clients_per_round=5",
+            "model.hidden=256",
+            "evaluation.clients=10",
         ]
     if workload == "quickstart":
         return ROOT / "scenarios" / "quickstart.yaml", common

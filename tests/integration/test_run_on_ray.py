@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from fedsim.errors import FedsimError
 from fedsim.store import RunStore
 from tests.conftest import BIN
 
@@ -130,8 +131,8 @@ def _wait_for_rounds(out_dir, count: int, timeout: float = 240) -> None:
         try:
             if folders and len(_rows(folders[0])) >= count:
                 return
-        except (ValueError, OSError):
-            pass  # a row being written
+        except (FedsimError, ValueError, OSError):
+            pass  # the folder before its manifest, or a row being written
         time.sleep(0.2)
     raise AssertionError(f"no {count} rounds within {timeout} s")
 
