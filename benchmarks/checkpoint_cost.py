@@ -6,7 +6,11 @@ writing the loop's checkpoint after each round; prints the medians and their rat
 
     .venv/bin/python benchmarks/checkpoint_cost.py scenarios/shakespeare.yaml \\
         --set data.root=../shared/data/shakespeare --set data.options.source=speeches \\
-        --set rounds=6 --set audit.enabled=false
+        --set rounds=6 --set audit.enabled=false --set model.hidden=256 \
+        --set clients_per_round=5 --set data.num_clients=50
+
+(LEAF's LSTM 256, 820,185 parameters, 5 of 50 roles a round: the setting measured in the
+README.)
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ def sent140_scenario(project_root, tmp_path_factory):
             f"data.root={root}",
             "data.num_clients=36",
             "data.design_pool=4",
+            "audit.enabled=false",
             "data.options.max_words=200",
             "model.hidden=32",
             "clients_per_round=10",
