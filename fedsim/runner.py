@@ -264,7 +264,7 @@ def _simulate(*, scenario: Scenario, loop, outcome, address: str | None, verbose
     from flwr.simulation import run_simulation
 
     from fedsim.clients.app import make_client_app
-    from fedsim.server import make_server_app
+    from fedsim.server import make_server_app, quick_dispatch
 
     quiet_flower(verbose=verbose)
     config = backend_config(scenario=scenario, ray_address=address, verbose=verbose)
@@ -274,14 +274,15 @@ def _simulate(*, scenario: Scenario, loop, outcome, address: str | None, verbose
 
     def simulate() -> None:
         try:
-            run_simulation(
-                server_app=make_server_app(loop=loop, outcome=outcome, expected_nodes=num_nodes),
-                client_app=make_client_app(scenario=scenario),
-                num_supernodes=num_nodes,
-                backend_name="ray",
-                backend_config=config,
-                verbose_logging=verbose,
-            )
+            with quick_dispatch():
+                run_simulation(
+                    server_app=make_server_app(loop=loop, outcome=outcome, expected_nodes=num_nodes),
+                    client_app=make_client_app(scenario=scenario),
+                    num_supernodes=num_nodes,
+                    backend_name="ray",
+                    backend_config=config,
+                    verbose_logging=verbose,
+                )
         except BaseException as error:  # noqa: BLE001 - re-raised in the driver's thread
             crashed.append(error)
 
