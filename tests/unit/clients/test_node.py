@@ -79,8 +79,9 @@ def test_a_share_sums_each_clients_update_prepared_on_its_own(project_root, mode
         assert result.reports[row] == ClientReport(client_id, examples, norm, result.reports[row].train_loss)
         if mode == "client_fixed":
             compute_clip_model_update(param1=arrays, param2=start_arrays, clipping_norm=0.05)
-            expected = np.concatenate([a.ravel() for a in arrays], dtype=np.float64) - start
-            assert np.linalg.norm(expected) <= 0.05 * (1 + 1e-5) < norm  # clipped on its own
+            helper = np.concatenate([a.ravel() for a in arrays], dtype=np.float64) - start
+            expected = helper * min(1.0, 0.05 / np.linalg.norm(helper))  # float32 rounding clipped away
+            assert np.linalg.norm(result.updates[row]) <= 0.05 * (1 + 1e-12) < norm  # clipped on its own
         elif mode == "server_fixed":
             expected = update * min(1.0, 0.05 / norm)
         else:
@@ -185,3 +186,30 @@ def test_design_pool_users_train_alongside_the_cohort_but_outside_its_sum(projec
     for row, client_id in zip(with_design.design, design):
         trained = runner_for(scenario).train(start=state, client_id=client_id, round_number=1)
         np.testing.assert_array_equal(row, clip_update(trained.update, norm=trained.update_norm, clip_norm=0.05))
+
+
+def test_client_side_clipping_never_leaves_an_update_above_the_clip_norm():
+    """Flower's helper clips in float32 and adds the result back onto float32 weights; with
+    weights far larger than C that rounding alone leaves the norm above C. The prepared
+    update is clipped again in float64."""
+    from fedsim.clients.node import _prepare
+    from fedsim.clients.work import TrainedClient
+
+    rng = np.random.default_rng(0)
+    start_arrays = [rng.uniform(0.5, 1.5, 1_000_000).astype(np.float32)]
+    trained = [start_arrays[0] + rng.normal(0, 1e-3, 1_000_000).astype(np.float32)]
+    start_flat = start_arrays[0].astype(np.float64)
+    update = trained[0].astype(np.float64) - start_flat
+    client = TrainedClient(0, update, 1, 0.0, float(np.linalg.norm(update)), arrays=trained)
+    clip = 0.01
+    helper = [trained[0].copy()]
+    compute_clip_model_update(param1=helper, param2=start_arrays, clipping_norm=clip)
+    assert np.linalg.norm(helper[0].astype(np.float64) - start_flat) > clip  # the rounding this guards against
+    prepared = _prepare(
+        client,
+        start_arrays=start_arrays,
+        start_flat=start_flat,
+        rule=ContributionRule(clip_norm=clip, client_clips=True),
+    )
+    assert np.linalg.norm(prepared) <= clip * (1 + 1e-12)
+    np.testing.assert_allclose(prepared, update * clip / np.linalg.norm(update), atol=1e-6)
