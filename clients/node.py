@@ -195,6 +195,7 @@ def _outcomes(
 ):
     """Yield (client id, TrainedClient or the exception it raised), one client after the
     other; past the deadline, (client id, TimeoutError) for the one in training and the rest."""
+    runner = runner_for(scenario)  # kept by a late client's thread after the node gives up on it
     train = lambda cid: (train_sampled if request.sampled else train_one)(  # noqa: E731
         scenario=scenario,
         start=state,
@@ -202,6 +203,7 @@ def _outcomes(
         round_number=request.round_number,
         start_flat=start_flat,
         keep_arrays=request.rule.client_clips,
+        runner=runner,
     )
     if request.deadline is None:
         for client_id in client_ids:

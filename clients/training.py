@@ -7,6 +7,7 @@ ClientApp, a design-pool mock client of the canary audit, or many clients in a l
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -73,14 +74,20 @@ def train_client(
         return _train(model=model, data=data, settings=settings, seed=seed, optimizer=optimizer)
 
 
+#: one user of torch's global RNG at a time in this process: a client given up on at the
+#: round's deadline may still be training in a helper thread (fedsim.clients.node)
+_GLOBAL_RNG = threading.RLock()
+
+
 @contextlib.contextmanager
 def seeded(seed: int, *, device: torch.device) -> Iterator[None]:
-    """torch's global RNG of ``device`` seeded with ``seed`` inside, restored after.
+    """torch's global RNG of ``device`` seeded with ``seed`` inside, restored after, and
+    used by no other thread of this process meanwhile.
 
     On CPU only the CPU generator is seeded (``torch.manual_seed`` would also queue a seed
     for CUDA, and without CUDA record a stack trace each time: ~0.5 ms a client)."""
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=devices):
         if device.type == "cuda":
             torch.manual_seed(seed)
         else:

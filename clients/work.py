@@ -163,9 +163,11 @@ def train_one(
     round_number: int,
     start_flat: np.ndarray | None = None,
     keep_arrays: bool = False,
+    runner: ClientRunner | None = None,
 ) -> TrainedClient:
-    """Train the scenario's model from ``start`` on one client's data for one round."""
-    return runner_for(scenario).train(
+    """Train the scenario's model from ``start`` on one client's data for one round (with
+    ``runner``, or this process's runner of the scenario)."""
+    return (runner or runner_for(scenario)).train(
         start=start, client_id=client_id, round_number=round_number, start_flat=start_flat, keep_arrays=keep_arrays
     )
 
@@ -178,6 +180,7 @@ def train_sampled(
     round_number: int,
     start_flat: np.ndarray | None = None,
     keep_arrays: bool = False,
+    runner: ClientRunner | None = None,
 ) -> TrainedClient:
     """A sampled client's work in a round: :func:`train_one`, unless the scenario's
     ``faults`` make this client fail or hang (design-pool users never do)."""
@@ -189,6 +192,7 @@ def train_sampled(
         round_number=round_number,
         start_flat=start_flat,
         keep_arrays=keep_arrays,
+        runner=runner,
     )
 
 
