@@ -187,6 +187,8 @@ class RoundLoop:
         self._check_replies(round_number, cohort, answered)
         reports = answered.reports
         audited_round = None
+        if audited and (answered.design is None or not len(answered.design)):
+            audited = False  # no design-pool user answered (they crashed): no canary, the round goes on unaudited
         if audited:  # in a helper thread, while the round is aggregated, accounted and evaluated
             audited_round = _in_background(
                 functools.partial(
