@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedsim.canaries.design import DesignPool
+from fedsim.clients.training import seeded
 
 CHECK_EVERY = 10  # crafting steps between checks of the discrete objective
 FD_STEP = 1e-4  # finite-difference step of the crafting gradient, relative to the weights' norm
@@ -179,8 +180,7 @@ def craft_sample_canary(
         its noise drawn from ``noise_seed``: the forward pass sees real one-hot tokens)."""
         if not text:
             return F.cross_entropy(model(variable[None]), y)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(noise_seed)
+        with seeded(noise_seed, device=variable.device):  # torch's global RNG, no other thread meanwhile
             soft = F.gumbel_softmax(variable, tau=1.0, hard=True)
         embedded = soft @ model.embedding.weight
         return F.cross_entropy(model.forward_embedded(embedded[None]), y)
