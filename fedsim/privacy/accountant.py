@@ -50,7 +50,8 @@ class RoundAccountant:
     that have ended are composed once and kept; each query adds the current run to
     them, from one round's privacy-loss distribution (PLD) or RDP curve computed once
     per noise multiplier, so a query costs about the same after 10 or 1,000 rounds
-    (roughly 0.01 s for PLD, less for RDP), with exactly dp-accounting's results.
+    (a few ms for PLD, less for RDP): RDP gives exactly dp-accounting's results, PLD
+    equal to ~1e-11 relative (see :class:`_PldComposition`).
     """
 
     def __init__(self, *, delta: float, sampling: Sampling, population: int, cohort: int) -> None:
@@ -128,12 +129,18 @@ class RoundAccountant:
 
 
 class _PldComposition:
-    """Rounds composed as dp-accounting's PLD accountant composes them (Poisson-sampled
-    Gaussians), with each noise multiplier's one-round PLD built once."""
+    """Rounds composed with dp-accounting's PLDs (Poisson-sampled Gaussians): each noise
+    multiplier's one-round PLD is built once, and a run of k equal rounds is that PLD
+    composed with itself one round at a time, the latest kept, so the next round costs one
+    composition (~4 ms against ~15 ms for ``self_compose(k)`` afresh). The order of the
+    compositions never depends on when epsilon was asked for, so a resumed run gets the
+    same bits; the result equals dp-accounting's own ``self_compose`` to ~1e-11 relative
+    (float rounding of another order of the same pessimistic compositions)."""
 
     def __init__(self, *, delta: float) -> None:
         self.delta = delta
         self._single: dict[dp_accounting.DpEvent, Any] = {}
+        self._latest: dict[dp_accounting.DpEvent, tuple[int, Any]] = {}  # event -> (k, its run of k rounds)
 
     def empty(self) -> Any:
         return pld.privacy_loss_distribution.identity(value_discretization_interval=PLD_DISCRETIZATION)
@@ -151,7 +158,18 @@ class _PldComposition:
                 sampling_prob=event.sampling_probability,
                 neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
             )
-        return composed.compose(self._single[event].self_compose(count))
+        return composed.compose(self._run_of(event, count))
+
+    def _run_of(self, event: dp_accounting.DpEvent, count: int) -> Any:
+        """``count`` rounds of ``event``, composed one at a time from its one-round PLD."""
+        single = self._single[event]
+        done, run = self._latest.get(event, (1, single))
+        if done > count:
+            done, run = 1, single
+        while done < count:
+            done, run = done + 1, run.compose(single)
+        self._latest[event] = (done, run)
+        return run
 
     def epsilon(self, composed: Any) -> float:
         return math.inf if composed is None else float(composed.get_epsilon_for_delta(self.delta))

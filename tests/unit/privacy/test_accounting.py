@@ -221,9 +221,11 @@ def test_round_accountant_with_changing_noise(accountant, rel):
         ("poisson", "pld", [1.0, 0.0, 1.0]),
     ],
 )
-def test_round_accountant_gives_exactly_what_dp_accounting_gives(sampling, accountant, noises):
-    """Its one-round PLDs and RDP curves, computed once per noise multiplier, give bit for
-    bit what dp-accounting's accountants give composing the same runs afresh each round."""
+def test_round_accountant_gives_what_dp_accounting_gives(sampling, accountant, noises):
+    """Its one-round PLDs and RDP curves, computed once per noise multiplier, give what
+    dp-accounting's accountants give composing the same runs afresh each round: RDP bit
+    for bit, PLD (composed one round at a time instead of ``self_compose``: float rounding
+    of another order of the same pessimistic compositions) to 1e-9."""
     from fedsim.privacy.accountant import _runs
     from fedsim.privacy.events import new_accountant
 
@@ -235,7 +237,11 @@ def test_round_accountant_gives_exactly_what_dp_accounting_gives(sampling, accou
         for run_noise, count in _runs(noises[:round_number]):
             event = round_event(noise_multiplier=run_noise, sampling=sampling, sampling_rate=0.01, population=1000)
             reference.compose(event, count)
-        assert acc.epsilon(accountant=accountant) == reference.get_epsilon(DELTA)
+        expected = reference.get_epsilon(DELTA)
+        if accountant == "rdp":
+            assert acc.epsilon(accountant=accountant) == expected
+        else:
+            assert acc.epsilon(accountant=accountant) == pytest.approx(expected, rel=1e-9)
 
 
 def test_round_accountant_state_dict_round_trip():
