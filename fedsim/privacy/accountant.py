@@ -128,6 +128,9 @@ class RoundAccountant:
         self._closed = {}
 
 
+_NO_ROUNDS = object()  # the PLD composition of no rounds (composing with it changes nothing)
+
+
 class _PldComposition:
     """Rounds composed with dp-accounting's PLDs (Poisson-sampled Gaussians): each noise
     multiplier's one-round PLD is built once, and a run of k equal rounds is that PLD
@@ -143,7 +146,7 @@ class _PldComposition:
         self._latest: dict[dp_accounting.DpEvent, tuple[int, Any]] = {}  # event -> (k, its run of k rounds)
 
     def empty(self) -> Any:
-        return pld.privacy_loss_distribution.identity(value_discretization_interval=PLD_DISCRETIZATION)
+        return _NO_ROUNDS
 
     def plus(self, composed: Any, event: dp_accounting.DpEvent, count: int) -> Any:
         """``composed`` and ``count`` rounds of ``event`` (None: no privacy left)."""
@@ -158,7 +161,8 @@ class _PldComposition:
                 sampling_prob=event.sampling_probability,
                 neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
             )
-        return composed.compose(self._run_of(event, count))
+        run = self._run_of(event, count)
+        return run if composed is _NO_ROUNDS else composed.compose(run)
 
     def _run_of(self, event: dp_accounting.DpEvent, count: int) -> Any:
         """``count`` rounds of ``event``, composed one at a time from its one-round PLD."""

@@ -16,6 +16,7 @@ Adjacency (which datasets are neighbours) follows the sampling:
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Literal, get_args
@@ -225,6 +226,13 @@ def gaussian_epsilon(*, noise_multiplier: float, delta: float) -> float:
         return math.inf
     if math.isinf(noise_multiplier):
         return 0.0
+    return _analytic_gaussian_epsilon(float(noise_multiplier), float(delta))
+
+
+@functools.lru_cache(maxsize=1024)
+def _analytic_gaussian_epsilon(noise_multiplier: float, delta: float) -> float:
+    """dp-accounting's analytic Gaussian epsilon, kept per (z, delta): a run asks for the
+    same one every round."""
     return float(dp_accounting.get_epsilon_gaussian(noise_multiplier, delta))
 
 
