@@ -29,7 +29,7 @@ import torch
 from flwr.supercore.differential_privacy import compute_clip_model_update
 
 from fedsim.clients.faults import hangs, inject_faults
-from fedsim.clients.work import TrainedClient, discard_runner, runner_for, train_one, train_sampled
+from fedsim.clients.work import TrainedClient, discard_runner, runner_for
 from fedsim.config import Scenario
 from fedsim.params import flatten_state
 from fedsim.strategies.aggregation import ContributionRule, clip_update, prepare_update
@@ -196,15 +196,20 @@ def _outcomes(
     """Yield (client id, TrainedClient or the exception it raised), one client after the
     other; past the deadline, (client id, TimeoutError) for the one in training and the rest."""
     runner = runner_for(scenario)  # kept by a late client's thread after the node gives up on it
-    train = lambda cid: (train_sampled if request.sampled else train_one)(  # noqa: E731
-        scenario=scenario,
-        start=state,
-        client_id=cid,
-        round_number=request.round_number,
-        start_flat=start_flat,
-        keep_arrays=request.rule.client_clips,
-        runner=runner,
-    )
+
+    def train(client_id: int) -> TrainedClient:
+        if request.sampled:  # the scenario's faults; design-pool users never fail on purpose
+            inject_faults(
+                faults=scenario.faults, seed=scenario.seed, client_id=client_id, round_number=request.round_number
+            )
+        return runner.train(
+            start=state,
+            client_id=client_id,
+            round_number=request.round_number,
+            start_flat=start_flat,
+            keep_arrays=request.rule.client_clips,
+        )
+
     if request.deadline is None:
         for client_id in client_ids:
             try:

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from fedsim.clients.batched import CHUNK_USERS, UserSamples, supports, takes_one_step, user_gradients
-from fedsim.clients.faults import inject_faults
 from fedsim.clients.training import evaluate_client, make_optimizer, train_client
 from fedsim.config import Scenario
 from fedsim.experiment import dataset_for, model_for, train_settings
@@ -153,47 +152,6 @@ def discard_runner(scenario: Scenario) -> None:
     """Forget this process's runner of the scenario: a client given up on (round_timeout_s)
     may still be training on its model, so the next client gets a new one."""
     _RUNNERS.pop(scenario.model_dump_json(), None)
-
-
-def train_one(
-    *,
-    scenario: Scenario,
-    start: dict[str, torch.Tensor],
-    client_id: int,
-    round_number: int,
-    start_flat: np.ndarray | None = None,
-    keep_arrays: bool = False,
-    runner: ClientRunner | None = None,
-) -> TrainedClient:
-    """Train the scenario's model from ``start`` on one client's data for one round (with
-    ``runner``, or this process's runner of the scenario)."""
-    return (runner or runner_for(scenario)).train(
-        start=start, client_id=client_id, round_number=round_number, start_flat=start_flat, keep_arrays=keep_arrays
-    )
-
-
-def train_sampled(
-    *,
-    scenario: Scenario,
-    start: dict[str, torch.Tensor],
-    client_id: int,
-    round_number: int,
-    start_flat: np.ndarray | None = None,
-    keep_arrays: bool = False,
-    runner: ClientRunner | None = None,
-) -> TrainedClient:
-    """A sampled client's work in a round: :func:`train_one`, unless the scenario's
-    ``faults`` make this client fail or hang (design-pool users never do)."""
-    inject_faults(faults=scenario.faults, seed=scenario.seed, client_id=client_id, round_number=round_number)
-    return train_one(
-        scenario=scenario,
-        start=start,
-        client_id=client_id,
-        round_number=round_number,
-        start_flat=start_flat,
-        keep_arrays=keep_arrays,
-        runner=runner,
-    )
 
 
 def evaluate_many(

@@ -72,18 +72,18 @@ def test_a_hung_client_times_the_round_out_and_the_run_goes_on(tmp_path, project
 def test_a_round_whose_design_pool_users_all_fail_goes_on_unaudited(tmp_path, project_root, monkeypatch):
     """The canary needs the design pool's updates; when none came back (the users crashed)
     the round is kept, with its theory columns and without an audit, and the run goes on."""
-    import fedsim.clients.node as node
+    from fedsim.clients.work import ClientRunner
 
     audited = ["audit.enabled=true", "audit.design_pool=4", "audit.iterations=5", "audit.tests=2000", "rounds=2"]
     scenario = _scenario(project_root, *audited)
-    real_train_one = node.train_one
+    real_train = ClientRunner.train
 
-    def crashing_design_pool(*, client_id, round_number, **kwargs):
+    def crashing_design_pool(self, *, client_id, round_number, **kwargs):
         if client_id >= scenario.data.num_clients and round_number == 1:  # design-pool ids follow the population
             raise MemoryError("design-pool user out of memory")
-        return real_train_one(client_id=client_id, round_number=round_number, **kwargs)
+        return real_train(self, client_id=client_id, round_number=round_number, **kwargs)
 
-    monkeypatch.setattr(node, "train_one", crashing_design_pool)
+    monkeypatch.setattr(ClientRunner, "train", crashing_design_pool)
     rows = run_scenario(scenario=scenario, out_dir=tmp_path, engine="inprocess").rows
     assert [row.round for row in rows] == [1, 2]
     assert rows[0].epsilon_round_empirical is None and rows[0].epsilon_cumulative_theory > 0
