@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import integrate, optimize, stats
 
-from fedsim.privacy.gaussians import gaussians_epsilon
+from fedsim.privacy.gaussians import gaussians_epsilon, gaussians_epsilons
 
 DELTA = 1e-5
 
@@ -94,6 +94,26 @@ def test_equal_variance_edges():
     assert np.all(np.diff([two_gaussians(mu_in=m) for m in mus]) > 0)
     deltas = [1e-2, 1e-4, 1e-6, 1e-8]
     assert np.all(np.diff([two_gaussians(delta=d) for d in deltas]) > 0)
+
+
+def test_arrays_of_pairs_are_solved_each_on_its_own():
+    # One call over a mix of every case: unequal variances (against quadrature), equal
+    # variances (against the GDP curve), identical pairs and point masses.
+    mu_in = np.array([1.0, 0.3, 1.0, 0.0, 1.0, 2.0])
+    sigma_in = np.array([1.5, 0.7, 1.0, 1.0, 0.0, 1.0])
+    mu_out = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    sigma_out = np.array([1.0, 1.2, 1.0, 1.0, 1.0, 1.1])
+    got = gaussians_epsilons(mu_in=mu_in, sigma_in=sigma_in, mu_out=mu_out, sigma_out=sigma_out, delta=DELTA)
+    assert got.shape == (6,)
+    for i in (0, 1, 5):
+        p, q = stats.norm(mu_in[i], sigma_in[i]), stats.norm(mu_out[i], sigma_out[i])
+        reached = max(brute_force_hockey_stick(p, q, got[i]), brute_force_hockey_stick(q, p, got[i]))
+        assert reached == pytest.approx(DELTA, rel=1e-5)
+    assert got[2] == pytest.approx(reference_gdp_epsilon(1.0, DELTA), rel=1e-6)
+    assert got[3] == 0.0 and got[4] == math.inf
+    # the 2-D shape of the input is kept
+    grid = gaussians_epsilons(mu_in=mu_in.reshape(2, 3), sigma_in=1.5, mu_out=0.0, sigma_out=1.0, delta=DELTA)
+    assert grid.shape == (2, 3) and grid[0, 0] == got[0]
 
 
 # ------------------------------------------------------------------- unequal variances
