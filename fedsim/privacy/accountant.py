@@ -54,7 +54,15 @@ class RoundAccountant:
     equal to ~1e-11 relative (see :class:`_PldComposition`).
     """
 
-    def __init__(self, *, delta: float, sampling: Sampling, population: int, cohort: int) -> None:
+    def __init__(
+        self,
+        *,
+        delta: float,
+        sampling: Sampling,
+        population: int,
+        cohort: int,
+        pld_discretization: float = PLD_DISCRETIZATION,
+    ) -> None:
         """Sets up an empty accountant.
 
         Args:
@@ -62,6 +70,7 @@ class RoundAccountant:
             sampling: "poisson" or "fixed" (RDP only: replace-one adjacency).
             population: Number of clients.
             cohort: Clients per round (expected number for Poisson sampling).
+            pld_discretization: PLD grid step on the privacy-loss axis (pessimistic).
         """
         check_delta(delta)
         check_count(population, "population")
@@ -74,7 +83,10 @@ class RoundAccountant:
         self._population = population
         self._rate = cohort / population
         self._noise: list[float] = []
-        self._compositions = {"pld": _PldComposition(delta=delta), "rdp": _RdpComposition(delta=delta)}
+        self._compositions = {
+            "pld": _PldComposition(delta=delta, discretization=pld_discretization),
+            "rdp": _RdpComposition(delta=delta),
+        }
         # accountant name -> (composition of the first n rounds, n); n ends a run.
         self._closed: dict[str, tuple[Any, int]] = {}
 
@@ -140,8 +152,9 @@ class _PldComposition:
     same bits; the result equals dp-accounting's own ``self_compose`` to ~1e-11 relative
     (float rounding of another order of the same pessimistic compositions)."""
 
-    def __init__(self, *, delta: float) -> None:
+    def __init__(self, *, delta: float, discretization: float) -> None:
         self.delta = delta
+        self.discretization = discretization
         self._single: dict[dp_accounting.DpEvent, Any] = {}
         self._latest: dict[dp_accounting.DpEvent, tuple[int, Any]] = {}  # event -> (k, its run of k rounds)
 
@@ -157,7 +170,7 @@ class _PldComposition:
         if event not in self._single:
             self._single[event] = pld.privacy_loss_distribution.from_gaussian_mechanism(
                 standard_deviation=event.event.noise_multiplier,
-                value_discretization_interval=PLD_DISCRETIZATION,
+                value_discretization_interval=self.discretization,
                 sampling_prob=event.sampling_probability,
                 neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
             )

@@ -34,6 +34,11 @@ Adjacency = Literal["add_or_remove_one", "replace_one"]
 # default 1e-4 and changes epsilon by < 0.1% in our reference settings (the
 # discretisation is pessimistic, so the result stays an upper bound).
 PLD_DISCRETIZATION = 1e-3
+# The audit's extrapolation (an estimate, not a bound) meets a new noise level after
+# every audited round, and building its one-round PLD is most of the cost (~0.1 s at
+# 1e-3): 1e-2 builds it ~5x faster and moved epsilon by 1e-5 to 1.3e-4 relative (z 0.5
+# to 1, q 0.1, 11 rounds), far below the estimate's own spread.
+EXTRAPOLATION_PLD_DISCRETIZATION = 1e-2
 
 
 # --- validation -------------------------------------------------------------------

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fedsim.privacy.accountant import LocalDpsgdAccountant, RoundAccountant
+from fedsim.privacy.events import EXTRAPOLATION_PLD_DISCRETIZATION
 from fedsim.privacy.mechanism import DpMechanism
 
 
@@ -24,12 +25,13 @@ class TheoryEpsilon:
     cumulative_rdp: float  # the same with the RDP accountant, for comparability
 
 
-def _round_accountant(mechanism: DpMechanism) -> RoundAccountant:
+def _round_accountant(mechanism: DpMechanism, **options: float) -> RoundAccountant:
     return RoundAccountant(
         delta=mechanism.delta,
         sampling=mechanism.sampling,
         population=mechanism.population,
         cohort=mechanism.expected_cohort,
+        **options,
     )
 
 
@@ -95,14 +97,15 @@ class EmpiricalTracker:
     those are composed over rounds with the run's sampling, as the theoretical line is.
     Rounds without an audit reuse the latest estimate. Where an estimate is so large that
     its noise multiplier falls below PLD's working range, RDP composes instead; beyond
-    1,000 per round the audit found no privacy and the result is inf."""
+    1,000 per round the audit found no privacy and the result is inf. Its PLDs use the
+    coarser EXTRAPOLATION_PLD_DISCRETIZATION (each audited round brings a new level)."""
 
     PLD_MIN_NOISE = 0.25
     NO_PRIVACY_EPSILON = 1000.0
 
     def __init__(self, *, mechanism: DpMechanism) -> None:
         self.mechanism = mechanism
-        self.accountant = _round_accountant(mechanism)
+        self.accountant = _round_accountant(mechanism, pld_discretization=EXTRAPOLATION_PLD_DISCRETIZATION)
         self.noise_multiplier: float | None = None
 
     def step(self, *, round_epsilon: float | None) -> float | None:

@@ -1,5 +1,6 @@
 """The run's DP mechanism: one adjacency for every epsilon of a run."""
 
+import dp_accounting
 import pytest
 
 from fedsim.config import scenario_from_dict
@@ -19,6 +20,21 @@ def test_an_estimate_equal_to_the_theory_extrapolates_to_the_theory(sampling):
     for _ in range(3):
         bound = theory.step(noise_multiplier=0.9)
         assert empirical.step(round_epsilon=bound.round) == pytest.approx(bound.cumulative, rel=1e-4)
+
+
+def test_the_extrapolation_composes_a_new_noise_level_per_audit_as_dp_accounting_does():
+    """Estimates that change every other round (a new noise level each audit, the next
+    round reusing it) against dp-accounting's own PLD accountant at its fine default grid."""
+    mechanism = _mechanism(dp={"noise_multiplier": 0.7}, clients_per_round=10, data={"num_clients": 100})
+    empirical = EmpiricalTracker(mechanism=mechanism)
+    reference = dp_accounting.pld.PLDAccountant()
+    for round_number, estimate in enumerate([9.1, None, 7.4, None, 11.2, None, 3.3], start=1):
+        got = empirical.step(round_epsilon=estimate)
+        z = empirical.noise_multiplier  # the Gaussian whose single release has the latest estimate
+        if estimate is not None:
+            assert dp_accounting.get_epsilon_gaussian(z, 1e-5) == pytest.approx(estimate, rel=1e-6)
+        reference.compose(dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(z)))
+        assert got == pytest.approx(reference.get_epsilon(1e-5), rel=1e-3), round_number
 
 
 def test_modes_are_interpreted_in_one_place():
