@@ -317,7 +317,8 @@ def _resampled_moments(
     sample's central moments m_k. O(n + draws) instead of O(n * draws)."""
     n = scores.size
     centred = scores - scores.mean()
-    m2, m3, m4 = ((centred**k).mean() for k in (2, 3, 4))
+    squared = centred * centred
+    m2, m3, m4 = squared.mean(), (squared * centred).mean(), (squared * squared).mean()
     z = rng.standard_normal((2, draws))
     mean = scores.mean() + math.sqrt(m2 / n) * z[0]
     # (mean, variance) = L z with L the Cholesky factor of [[m2, m3], [m3, m4 - m2^2]] / n
