@@ -118,6 +118,7 @@ class AuditResult:
             "loss_init": self.canary.loss_init,
             "loss_final": self.canary.loss_final,
             "gradient_norm": self.canary.gradient_norm,
+            "crafting_steps": self.canary.iterations,
             "label": self.canary.y,
             "adjacency": self.adjacency,
             "contribution_norm": self.contribution_norm,
@@ -265,6 +266,7 @@ class CanaryAuditor:
             lr=config.lr,
             batch_size=config.design_batch,
             seed=seed,
+            min_improvement=config.min_improvement,
         )
         # the canary client trains on its one canary sample like any client would
         model.load_state_dict(start)

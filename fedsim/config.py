@@ -131,7 +131,14 @@ class AuditConfig(_Section):
         None, ge=1, description="mock clients from the design-pool users; default min(20, data.design_pool)"
     )
     design_batch: int = Field(16, ge=1, description="design updates per crafting step")
-    iterations: int = Field(100, ge=0, description="Adam steps of the crafting")
+    iterations: int = Field(100, ge=0, description="Adam steps of the crafting (at most)")
+    min_improvement: float = Field(
+        0.01,
+        ge=0,
+        lt=1,
+        description="a sample canary's crafting stops once two checks in a row (10 steps apart) each raised "
+        "its health by less than this; 0 takes every step",
+    )
     lr: float = Field(0.05, gt=0, description="Adam learning rate of the crafting")
     norm_constant: float | None = Field(None, gt=0, description="C_norm; default clip_norm / client.lr")
     tests: int = Field(50_000, ge=10, description="with/without aggregates per attacked round")

@@ -52,6 +52,24 @@ def test_sample_canary_meets_the_norm_and_has_small_projection():
     assert np.mean((design.rows @ unit) ** 2) < np.mean((design.rows @ random_unit) ** 2)
 
 
+def test_sample_canary_crafting_stops_once_its_health_stops_rising():
+    model = _model()
+    dim = sum(p.numel() for p in model.parameters())
+    design = _pool(np.random.default_rng(0).normal(size=(30, dim)).astype(np.float32) * 0.1)
+    common = dict(
+        model=model, design=design, input_shape=(12,), input_kind="float", label=2, clip_norm=1.0, norm_constant=5.0
+    )
+    full = craft_sample_canary(**common, iterations=300, lr=0.1, batch_size=10, seed=3, min_improvement=0.0)
+    early = craft_sample_canary(**common, iterations=300, lr=0.1, batch_size=10, seed=3, min_improvement=0.01)
+    assert full.iterations == 300
+    assert early.iterations < 300 and early.iterations % 10 == 0
+    # it stopped where 290 further steps gain less than two points of health
+    assert early.health > full.health - 0.02
+    # the same steps up to the stop: the early canary is the full run's best at that point
+    again = craft_sample_canary(**common, iterations=early.iterations, lr=0.1, batch_size=10, seed=3)
+    assert torch.equal(again.x, early.x) and again.health == early.health
+
+
 @pytest.mark.parametrize("text", [False, True])
 def test_crafting_gradient_equals_the_double_backward(text):
     """The finite-difference crafting gradient against differentiating through the
