@@ -9,21 +9,18 @@ come from the same run, same process, same warm Ray) and prints the medians over
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 from pathlib import Path
+
+from scenario_args import scenario_parser
 
 from fedsim.config import load_scenario
 from fedsim.runner import run_scenario
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario")
-    parser.add_argument("--set", action="append", default=[])
-    parser.add_argument("--engine", default="flower", choices=["flower", "inprocess"])
-    args = parser.parse_args()
+    args = scenario_parser(__doc__, engine=True).parse_args()
     scenario = load_scenario(args.scenario, overrides=["audit.enabled=true", "audit.every=2", *args.set])
     with tempfile.TemporaryDirectory() as out:
         rows = run_scenario(scenario=scenario, out_dir=Path(out), engine=args.engine).rows

@@ -9,21 +9,19 @@ bounds, and canary health.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 from pathlib import Path
+
+from scenario_args import scenario_parser
 
 from fedsim.config import load_scenario
 from fedsim.runner import run_scenario
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario")
+    parser = scenario_parser(__doc__, engine=True)
     parser.add_argument("--noise", type=float, nargs="+", default=[2.0, 1.0, 0.5, 0.0])
-    parser.add_argument("--set", action="append", default=[])
-    parser.add_argument("--engine", default="flower", choices=["flower", "inprocess"])
     args = parser.parse_args()
     columns = [
         "epsilon_round_theory",

@@ -15,11 +15,12 @@ README.)
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from scenario_args import scenario_parser
 
 from fedsim.clients.local import InProcessTransport
 from fedsim.config import load_scenario
@@ -28,10 +29,7 @@ from fedsim.store import RunStore
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario")
-    parser.add_argument("--set", action="append", default=[])
-    args = parser.parse_args()
+    args = scenario_parser(__doc__).parse_args()
     scenario = load_scenario(args.scenario, overrides=args.set)
     loop = RoundLoop(scenario=scenario)
     transport = InProcessTransport(scenario=scenario)

@@ -8,20 +8,18 @@ round of each and their ratio (the per-client overhead the speed work must remov
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 from pathlib import Path
+
+from scenario_args import scenario_parser
 
 from fedsim.config import load_scenario
 from fedsim.runner import run_scenario
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario")
-    parser.add_argument("--set", action="append", default=[])
-    args = parser.parse_args()
+    args = scenario_parser(__doc__).parse_args()
     scenario = load_scenario(args.scenario, overrides=args.set)
     medians = {}
     with tempfile.TemporaryDirectory() as out:
