@@ -118,7 +118,7 @@ class AuditResult:
             "loss_init": self.canary.loss_init,
             "loss_final": self.canary.loss_final,
             "gradient_norm": self.canary.gradient_norm,
-            "crafting_steps": self.canary.iterations,
+            "crafting_steps": self.canary.steps,
             "label": self.canary.y,
             "adjacency": self.adjacency,
             "contribution_norm": self.contribution_norm,

@@ -56,7 +56,7 @@ class Canary:
     loss_init: float
     loss_final: float
     gradient_norm: float | None = None
-    iterations: int | None = None  # Adam steps taken
+    steps: int | None = None  # Adam steps taken
     x: torch.Tensor | None = None
     y: int | None = None
     direction: np.ndarray | None = None
@@ -242,7 +242,7 @@ def craft_sample_canary(
         loss_init=loss_init,
         loss_final=loss_final,
         gradient_norm=float(final_gradient.norm()),
-        iterations=step,
+        steps=step,
         x=x,
         y=label,
     )

@@ -315,17 +315,18 @@ def _resampled_moments(
     drawn from the large-sample joint normal law of (mean, variance) that resampling the
     scores follows: variance m2 / n, (m4 - m2^2) / n and covariance m3 / n from the
     sample's central moments m_k. O(n + draws) instead of O(n * draws)."""
-    n = scores.size
-    centred = scores - scores.mean()
+    n, mean = scores.size, scores.mean()
+    centred = scores - mean
     squared = centred * centred
     m2, m3, m4 = squared.mean(), (squared * centred).mean(), (squared * squared).mean()
+    if m2 == 0:  # all scores equal: every replicate too
+        return np.full(draws, mean), np.zeros(draws)
     z = rng.standard_normal((2, draws))
-    mean = scores.mean() + math.sqrt(m2 / n) * z[0]
     # (mean, variance) = L z with L the Cholesky factor of [[m2, m3], [m3, m4 - m2^2]] / n
     # (m4 - m2^2 - m3^2 / m2 >= 0 for any sample)
-    slope = m3 / math.sqrt(m2 * n) if m2 > 0 else 0.0
-    rest = math.sqrt(max(m4 - m2**2 - (m3**2 / m2 if m2 > 0 else 0.0), 0.0) / n)
-    variance = scores.var(ddof=1) + slope * z[0] + rest * z[1]
+    rest = math.sqrt(max(m4 - m2**2 - m3**2 / m2, 0.0) / n)
+    variance = m2 * n / (n - 1) + m3 / math.sqrt(m2 * n) * z[0] + rest * z[1]
+    mean = mean + math.sqrt(m2 / n) * z[0]
     return mean, np.sqrt(np.maximum(variance, 0.0))
 
 

@@ -61,12 +61,12 @@ def test_sample_canary_crafting_stops_once_its_health_stops_rising():
     )
     full = craft_sample_canary(**common, iterations=300, lr=0.1, batch_size=10, seed=3, min_improvement=0.0)
     early = craft_sample_canary(**common, iterations=300, lr=0.1, batch_size=10, seed=3, min_improvement=0.01)
-    assert full.iterations == 300
-    assert early.iterations < 300 and early.iterations % 10 == 0
+    assert full.steps == 300
+    assert early.steps < 300 and early.steps % 10 == 0
     # it stopped where 290 further steps gain less than two points of health
     assert early.health > full.health - 0.02
     # the same steps up to the stop: the early canary is the full run's best at that point
-    again = craft_sample_canary(**common, iterations=early.iterations, lr=0.1, batch_size=10, seed=3)
+    again = craft_sample_canary(**common, iterations=early.steps, lr=0.1, batch_size=10, seed=3)
     assert torch.equal(again.x, early.x) and again.health == early.health
 
 
