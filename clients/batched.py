@@ -6,7 +6,7 @@ at the global model. A cohort of such clients is one DP-SGD step with per-user c
 so their gradients can come from one forward and one backward pass over all their
 samples (per-sample gradients, summed per user) instead of one training run per client.
 
-Each user's samples are taken in the order its own DataLoader would shuffle them, and
+Each user's samples are taken in the order its own training would shuffle them, and
 see the dropout masks its own seeded run would draw, so each user's gradient equals the
 client-by-client path's up to float rounding (tests check the updates to 1e-6):
 
@@ -26,9 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
-from torch.utils.data import DataLoader
 
-from fedsim.clients.training import TrainSettings, seeded
+from fedsim.clients.training import TrainSettings, seeded, shuffled_batches
 from fedsim.models import TextClassifier
 
 #: users per batched pass (bounds the per-sample and per-user tensors held at once)
@@ -69,11 +68,10 @@ def supports(model: nn.Module) -> bool:
 
 
 def batch_order(*, num_samples: int, batch_size: int, seed: int) -> torch.Tensor:
-    """The order of a client's samples in its first batch: its DataLoader's shuffle."""
-    loader = DataLoader(
-        range(num_samples), batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
-    )
-    return next(iter(loader))
+    """The order of a client's samples in its first batch, as its own training shuffles."""
+    return shuffled_batches(
+        num_samples=num_samples, batch_size=batch_size, generator=torch.Generator().manual_seed(seed)
+    )[0]
 
 
 def user_gradients(

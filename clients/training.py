@@ -105,10 +105,13 @@ def _train(
     model.train()  # a reused model may come from evaluation; Opacus needs training mode
     generator = torch.Generator().manual_seed(seed)
     device = _device_of(model)
-    dataset = TensorDataset(data.x_train.to(device), data.y_train.to(device))
-    loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, generator=generator)
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    loader = _ShuffledBatches(x_train, y_train, batch_size=settings.batch_size, generator=generator)
     trained: nn.Module = model
     if settings.dpsgd_noise_multiplier is not None:
+        loader = DataLoader(
+            TensorDataset(x_train, y_train), batch_size=settings.batch_size, shuffle=True, generator=generator
+        )
         from opacus import PrivacyEngine  # imported lazily: only local-DP scenarios pay for it
 
         with warnings.catch_warnings():
@@ -149,6 +152,34 @@ def _train(
         trained.remove_hooks()  # the Opacus wrapper trained ``model``'s own parameters
         noise_std = optimizer.noise_multiplier * optimizer.max_grad_norm / optimizer.expected_batch_size
     return TrainResult(num_examples=data.num_train, mean_loss=total_loss / max(batches, 1), noise_std=noise_std)
+
+
+def shuffled_batches(*, num_samples: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """One epoch's batches of sample indices, drawn from ``generator`` exactly as
+    ``DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)`` draws
+    them (its iterator's base seed, the epoch's permutation, and the permutation its
+    sampler draws once the epoch is exhausted), without its per-sample indexing and
+    collation (~1 ms a client of 100 samples). A test checks it against DataLoader."""
+    if num_samples <= 0:
+        raise ValueError(f"a client needs training samples to train, it has {num_samples}")
+    torch.empty((), dtype=torch.int64).random_(generator=generator)  # the loader iterator's base seed
+    order = torch.randperm(num_samples, generator=generator)
+    torch.randperm(num_samples, generator=generator)  # RandomSampler's draw for the remainder, at the end
+    return list(order.split(batch_size))
+
+
+@dataclass(frozen=True)
+class _ShuffledBatches:
+    """A client's (x, y) batches, each epoch shuffled as :func:`shuffled_batches` says."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    batch_size: int
+    generator: torch.Generator
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in shuffled_batches(num_samples=len(self.y), batch_size=self.batch_size, generator=self.generator):
+            yield self.x[batch], self.y[batch]
 
 
 @torch.no_grad()
