@@ -171,6 +171,11 @@ class RoundLoop:
         audited = self.auditor is not None and self.auditor.should_audit(round_number)
         dim = self.params.shape[0]
         design_ids = self.auditor.design_ids if audited else []
+        # the round's bounds depend only on its noise: composed while the clients train
+        theory = _in_background(
+            functools.partial(self.theory.step, noise_multiplier=self.aggregator.noise_multiplier),
+            name=f"fedsim-accountant-{round_number}",
+        )
         answered = (
             transport.train(
                 round_number=round_number,
@@ -210,7 +215,7 @@ class RoundLoop:
         # clients receive float32 weights: keep the server's copy exactly what it sends
         new_params = self.optimizer.step(params=self.params, mean_update=aggregate.mean_update)
         self.params = new_params.astype(np.float32).astype(np.float64)
-        epsilon = self.theory.step(noise_multiplier=self.aggregator.noise_multiplier)
+        epsilon = theory()
         eval_loss = eval_accuracy = None
         if round_number % scenario.evaluation.every == 0 or round_number == scenario.rounds:
             loss_sum, correct, count = transport.evaluate(
