@@ -4,10 +4,12 @@ Flower's ``Strategy.start()`` runs every round in one call, so it cannot record 
 before the next starts, audit with the round's updates, or resume. This loop does, round
 by round: sample the cohort -> train (through a transport; failed and late clients are
 counted; on audited rounds the adversary's design-pool users train alongside) -> DP
-aggregation -> server optimiser step -> accountant -> federated evaluation, while the
-audit runs on the round's frozen model in a helper thread -> one record, which the run
-store persists with a checkpoint before the next round begins. Everything a round depends on is either keyed by (seed, stream, round) in
-fedsim/seeding.py or in :meth:`RoundLoop.state_dict`, so a run resumes exactly.
+aggregation -> server optimiser step -> accountant -> federated evaluation -> one
+record, which the run store persists with a checkpoint. The audit runs on the round's
+frozen model in a helper thread while the round is released and the next one trains;
+an audited round's record waits for it, and rounds are persisted in order. Everything a
+round depends on is either keyed by (seed, stream, round) in fedsim/seeding.py or in
+:meth:`RoundLoop.state_dict`, so a run resumes exactly.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from fedsim.privacy import DpMechanism, EmpiricalTracker, TheoryTracker
 from fedsim.records import RoundRecord
 from fedsim.seeding import EVALUATION, NOISE, round_rng
 from fedsim.store import RunStore
-from fedsim.strategies import Aggregator, build_aggregator, build_server_optimizer, sample_cohort
+from fedsim.strategies import build_aggregator, build_server_optimizer, sample_cohort
 from fedsim.strategies.aggregation import ContributionRule
 
 if TYPE_CHECKING:
@@ -77,10 +79,24 @@ class RunOutcome:
 
 @dataclass(frozen=True)
 class RoundResult:
-    """What one round produced: its record, and its audit when the round was audited."""
+    """What one round produced: its record, its audit when the round was audited, and the
+    loop's state after it when a checkpoint is due."""
 
     record: RoundRecord
     audit: AuditResult | None = None
+    checkpoint: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class _TrainedRound:
+    """A round trained, released, accounted and evaluated, whose record still waits for
+    its audit (running in a helper thread) and the empirical extrapolation."""
+
+    round_number: int
+    columns: dict[str, Any]
+    seconds: float  # its own wall time so far
+    audit: Callable[[], AuditResult] | None  # waits for the audit thread's result
+    checkpoint: dict[str, Any] | None  # the loop's state after the round (the empirical tracker's aside)
 
 
 class Transport(Protocol):
@@ -158,7 +174,11 @@ class RoundLoop:
         return np.sort(rng.choice(population, size=wanted, replace=False))
 
     def run_round(self, transport: Transport, round_number: int) -> RoundResult:
-        """One round: sample, train, aggregate with DP, step, account, evaluate."""
+        """One round: sample, train, aggregate with DP, step, account, evaluate, audit."""
+        return self._complete(self._train_round(transport, round_number, checkpoint=False))
+
+    def _train_round(self, transport: Transport, round_number: int, *, checkpoint: bool) -> _TrainedRound:
+        """A round up to its record: the audit is left running in a helper thread."""
         scenario = self.scenario
         started = time.perf_counter()
         cohort = sample_cohort(
@@ -194,13 +214,15 @@ class RoundLoop:
         audited_round = None
         if audited and (answered.design is None or not len(answered.design)):
             audited = False  # no design-pool user answered (they crashed): no canary, the round goes on unaudited
-        if audited:  # in a helper thread, while the round is aggregated, accounted and evaluated
+        if audited:  # in a helper thread, while the round is released and the next one trains
             audited_round = _in_background(
                 functools.partial(
-                    self._audit,
+                    self.auditor.audit,
                     round_number=round_number,
                     params=self.params,  # the frozen global model: the step below makes a new array
-                    answered=answered,
+                    template=self.template,
+                    cohort_updates=answered.updates,
+                    design_updates=answered.design,
                     aggregator=copy.deepcopy(self.aggregator),  # as it releases this round
                 ),
                 name=f"fedsim-audit-{round_number}",
@@ -237,27 +259,26 @@ class RoundLoop:
             "epsilon_cumulative_theory": epsilon.cumulative,
             "epsilon_cumulative_theory_rdp": epsilon.cumulative_rdp,
         }
-        audit = None
-        if audited_round is not None:
-            audit, empirical = audited_round()
-            columns.update(empirical)
-        elif self.empirical is not None:
-            columns.update(self._empirical_columns(None))
-        return RoundResult(RoundRecord(**columns, seconds=round(time.perf_counter() - started, 4)), audit)
-
-    def _audit(
-        self, *, round_number: int, params: np.ndarray, answered: CohortReplies, aggregator: Aggregator
-    ) -> tuple[AuditResult, dict[str, Any]]:
-        """Audit a round on its frozen global model and extend the empirical extrapolation."""
-        audit = self.auditor.audit(
+        return _TrainedRound(
             round_number=round_number,
-            params=params,
-            template=self.template,
-            cohort_updates=answered.updates,
-            design_updates=answered.design,
-            aggregator=aggregator,
+            columns=columns,
+            seconds=time.perf_counter() - started,
+            audit=audited_round,
+            checkpoint=self._model_state(round_number) if checkpoint else None,
         )
-        return audit, self._empirical_columns(audit)
+
+    def _complete(self, trained: _TrainedRound) -> RoundResult:
+        """The round's record once its audit is done; the rounds before it must be complete."""
+        started = time.perf_counter()
+        audit = trained.audit() if trained.audit is not None else None
+        columns, checkpoint = trained.columns, trained.checkpoint
+        if self.empirical is not None:
+            columns = {**columns, **self._empirical_columns(audit)}
+            if checkpoint is not None:
+                checkpoint = {**checkpoint, "empirical": self.empirical.state_dict()}
+        self.rounds_done = trained.round_number
+        seconds = round(trained.seconds + time.perf_counter() - started, 4)
+        return RoundResult(RoundRecord(**columns, seconds=seconds), audit, checkpoint)
 
     def _check_replies(self, round_number: int, cohort: np.ndarray, answered: CohortReplies) -> None:
         """Go on with the replies that came, unless fewer than ``min_replies`` of the cohort
@@ -292,38 +313,55 @@ class RoundLoop:
         return columns
 
     def run(self, transport: Transport, outcome: RunOutcome) -> None:
-        """The rounds not yet done, each persisted (record, audit, checkpoint) before the
-        next begins."""
-        for round_number in range(self.rounds_done + 1, self.scenario.rounds + 1):
-            if outcome.stop.is_set():
-                return
-            result = self.run_round(transport, round_number)
-            self.rounds_done = round_number
-            if self.store is not None:
-                self.store.persist(
-                    record=result.record,
-                    audit=result.audit,
-                    checkpoint=self.state_dict() if self._checkpoint_due(round_number) else None,
-                )
-            outcome.rows.append(result.record)
-            if self.on_round is not None:
-                self.on_round(result.record)
+        """The rounds not yet done, each persisted (record, audit, checkpoint) in order. A
+        round without an audit is persisted before the next round begins; an audited one
+        once its audit is done, which overlaps the next round's training and release (it
+        is persisted before that round is, and before the run stops or fails)."""
+        waiting: _TrainedRound | None = None  # an audited round whose audit is still running
+        try:
+            for round_number in range(self.rounds_done + 1, self.scenario.rounds + 1):
+                if outcome.stop.is_set():
+                    return
+                trained = self._train_round(transport, round_number, checkpoint=self._checkpoint_due(round_number))
+                if waiting is not None:
+                    waiting, earlier = None, waiting
+                    self._persist(self._complete(earlier), outcome)
+                if trained.audit is None:
+                    self._persist(self._complete(trained), outcome)
+                else:
+                    waiting = trained
+        finally:
+            if waiting is not None:
+                self._persist(self._complete(waiting), outcome)
+
+    def _persist(self, result: RoundResult, outcome: RunOutcome) -> None:
+        if self.store is not None:
+            self.store.persist(record=result.record, audit=result.audit, checkpoint=result.checkpoint)
+        outcome.rows.append(result.record)
+        if self.on_round is not None:
+            self.on_round(result.record)
 
     def _checkpoint_due(self, round_number: int) -> bool:
         return round_number % self.scenario.checkpoint.every == 0 or round_number == self.scenario.rounds
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the next round depends on that is not keyed by (seed, round)."""
-        state: dict[str, Any] = {
-            "round": self.rounds_done,
+        state = self._model_state(self.rounds_done)
+        if self.empirical is not None:
+            state["empirical"] = self.empirical.state_dict()
+        return state
+
+    def _model_state(self, round_number: int) -> dict[str, Any]:
+        """:meth:`state_dict` after ``round_number`` without the empirical tracker's (which
+        steps when the round's audit is done); every value a copy or an array the next
+        round replaces rather than changes."""
+        return {
+            "round": round_number,
             "params": self.params.astype(np.float32),
             "optimizer": self.optimizer.state_dict(),
             "aggregator": self.aggregator.state_dict(),
             "theory": self.theory.state_dict(),
         }
-        if self.empirical is not None:
-            state["empirical"] = self.empirical.state_dict()
-        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a :meth:`state_dict` (a resumed run)."""

@@ -42,9 +42,15 @@ def test_failing_clients_are_counted_and_the_run_completes(tmp_path, project_roo
     assert result.rows[-1].train_loss != clean[-1].train_loss  # the failed clients did not train
 
 
-def test_below_min_replies_the_run_fails_and_keeps_earlier_rounds(tmp_path, project_root):
+@pytest.mark.parametrize(
+    "audited", [[], ["audit.enabled=true", "audit.tests=2000", "audit.iterations=10", "audit.design_pool=4"]]
+)
+def test_below_min_replies_the_run_fails_and_keeps_earlier_rounds(tmp_path, project_root, audited):
+    """Audited: round 2's audit is still running when round 3 fails, and is kept too."""
     everyone = list(range(20))
-    scenario = _scenario(project_root, f"faults.fail_clients={everyone}", "faults.rounds=[3]", "min_replies=0.5")
+    scenario = _scenario(
+        project_root, f"faults.fail_clients={everyone}", "faults.rounds=[3]", "min_replies=0.5", *audited
+    )
     with pytest.raises(FedsimError) as info:
         run_scenario(scenario=scenario, out_dir=tmp_path, engine="inprocess")
     message = str(info.value)
@@ -53,6 +59,7 @@ def test_below_min_replies_the_run_fails_and_keeps_earlier_rounds(tmp_path, proj
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["status"] == "failed" and "min_replies" in manifest["error"]
     assert [r.round for r in RunStore.open(folder).rounds()] == [1, 2]
+    assert RunStore.open(folder).audited_rounds() == ([1, 2] if audited else [])
 
 
 def test_a_hung_client_times_the_round_out_and_the_run_goes_on(tmp_path, project_root):

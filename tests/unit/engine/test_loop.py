@@ -3,6 +3,7 @@ durability when a client crashes or the user interrupts, and DP's cost in accura
 
 import dataclasses
 import math
+import threading
 
 import dp_accounting
 import pytest
@@ -11,7 +12,7 @@ from dp_accounting import pld
 from fedsim.clients.local import InProcessTransport
 from fedsim.config import load_scenario
 from fedsim.experiment import dataset_for
-from fedsim.loop import RoundLoop
+from fedsim.loop import RoundLoop, RunOutcome
 from fedsim.privacy import DpMechanism, LocalDpsgdAccountant
 from fedsim.runner import run_scenario
 from fedsim.store import RunStore
@@ -49,6 +50,47 @@ def test_interrupt_marks_the_run_interrupted_and_keeps_rounds(tmp_path, project_
     store = RunStore.open(folder)
     assert store.manifest()["status"] == "interrupted"
     assert len(store.rounds()) == 2
+
+
+def test_an_audit_runs_while_the_next_round_trains_and_rounds_are_persisted_in_order(tmp_path, project_root):
+    """Round 1's audit waits until round 2's clients train: the run only finishes if the
+    loop goes on while an audit runs; the rows, audits and checkpoints are those of a run
+    that audits one round at a time."""
+    audited = ["audit.enabled=true", "audit.tests=2000", "audit.iterations=10", "audit.design_pool=4", "rounds=3"]
+    scenario = _scenario(project_root, *audited)
+    one_at_a_time = RoundLoop(scenario=scenario)
+    transport = InProcessTransport(scenario=scenario)
+    expected = [one_at_a_time.run_round(transport, r) for r in (1, 2, 3)]
+
+    training = {r: threading.Event() for r in (1, 2, 3)}
+
+    class Watched(InProcessTransport):
+        def train(self, *, round_number, **kwargs):
+            training[round_number].set()
+            return super().train(round_number=round_number, **kwargs)
+
+    loop = RoundLoop(scenario=scenario)
+    audit = loop.auditor.audit
+    overlapped = []
+
+    def slow_audit(*, round_number, **kwargs):
+        if round_number < 3:  # the next round's clients start training meanwhile
+            overlapped.append(training[round_number + 1].wait(timeout=30))
+        return audit(round_number=round_number, **kwargs)
+
+    loop.auditor.audit = slow_audit
+    loop.store = RunStore.create(parent=tmp_path, scenario=scenario)
+    outcome = RunOutcome()
+    persisted = []
+    loop.on_round = lambda row: persisted.append((row.round, loop.store.audited_rounds()))
+    loop.run(Watched(scenario=scenario), outcome)
+    assert overlapped == [True, True]
+    assert persisted == [(1, [1]), (2, [1, 2]), (3, [1, 2, 3])]
+    assert _without_time(outcome.rows) == _without_time([result.record for result in expected])
+    one_at_a_time.rounds_done = 3
+    checkpoint = loop.store.read_checkpoint()
+    assert checkpoint["round"] == 3 and checkpoint["empirical"] == one_at_a_time.state_dict()["empirical"]
+    assert checkpoint["params"].tobytes() == one_at_a_time.state_dict()["params"].tobytes()
 
 
 def test_fixed_cohort_is_accounted_with_rdp_and_exceeds_poisson(tmp_path, project_root):
