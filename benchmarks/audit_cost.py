@@ -1,16 +1,21 @@
-"""Cost of the canary audit: seconds per attacked round against seconds per normal round.
+"""Cost of the canary audit: seconds per round of a run that audits against the same run
+without the audit.
 
-Runs one scenario with the audit on every second round (so attacked and normal rounds
-come from the same run, same process, same warm Ray) and prints the medians over rounds
-2 .. R-1 and their ratio:
+Runs the scenario twice in this process (same engine, same seed, same rounds): once with
+the audit off, then with the audit on every ``--every``-th round (default: every round).
+A round's seconds are the time between the ends of consecutive rounds, as a user waits
+for them (an audit overlaps the next round's training, so a round's own ``seconds``
+column would not show what it costs the run); medians over rounds 2 .. R-1 (round 1
+warms up, the last round always evaluates), and their ratio:
 
-    .venv/bin/python benchmarks/audit_cost.py scenarios/quickstart.yaml --set rounds=11
+    .venv/bin/python benchmarks/audit_cost.py scenarios/quickstart.yaml --set rounds=12
 """
 
 from __future__ import annotations
 
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 from scenario_args import scenario_parser
@@ -19,19 +24,28 @@ from fedsim.config import load_scenario
 from fedsim.runner import run_scenario
 
 
-def main() -> None:
-    args = scenario_parser(__doc__, engine=True).parse_args()
-    scenario = load_scenario(args.scenario, overrides=["audit.enabled=true", "audit.every=2", *args.set])
+def seconds_per_round(scenario, *, engine: str) -> tuple[float, list]:
+    """Median seconds between the ends of rounds 2 .. R-1, and the rows."""
+    ends: list[float] = []
     with tempfile.TemporaryDirectory() as out:
-        rows = run_scenario(scenario=scenario, out_dir=Path(out), engine=args.engine).rows
-    rows = rows[1:-1]  # round 1 is always audited and pays for warm-up; the last round always evaluates
-    attacked = [r.seconds for r in rows if r.epsilon_round_empirical is not None]
-    normal = [r.seconds for r in rows if r.epsilon_round_empirical is None]
-    a, n = statistics.median(attacked), statistics.median(normal)
-    print(
-        f"engine {args.engine}: attacked rounds {len(attacked)}, median {a:.2f} s; normal rounds {len(normal)}, median {n:.2f} s"
-    )
-    print(f"ratio attacked / normal: {a / n:.2f}")
+        rows = run_scenario(
+            scenario=scenario, out_dir=Path(out), engine=engine, on_round=lambda _: ends.append(time.perf_counter())
+        ).rows
+    return statistics.median(b - a for a, b in zip(ends[:-2], ends[1:-1])), rows
+
+
+def main() -> None:
+    parser = scenario_parser(__doc__, engine=True)
+    parser.add_argument("--every", type=int, default=1, help="audit every k-th round (default 1)")
+    args = parser.parse_args()
+    base = load_scenario(args.scenario, overrides=["audit.enabled=false", *args.set])
+    audited = load_scenario(args.scenario, overrides=["audit.enabled=true", f"audit.every={args.every}", *args.set])
+    plain_s, _ = seconds_per_round(base, engine=args.engine)
+    audited_s, rows = seconds_per_round(audited, engine=args.engine)
+    print(f"engine {args.engine}, {base.rounds} rounds, audit every {args.every}")
+    print(f"  without the audit: median {plain_s:.3f} s a round")
+    print(f"  with the audit:    median {audited_s:.3f} s a round")
+    print(f"ratio with / without: {audited_s / plain_s:.2f}")
     healths = [r.canary_health for r in rows if r.canary_health is not None]
     print(f"canary health: median {statistics.median(healths):.3f}, min {min(healths):.3f}")
 
