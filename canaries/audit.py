@@ -10,7 +10,8 @@ and spend no privacy budget:
    direction scaled past the clip norm), clipped as its client would clip it;
 4. test: many "without" aggregates (a cohort re-drawn from the round's cached trained
    updates, released through the strategy's own ``release`` with fresh noise: the same
-   function that released the real round) and as many "with" aggregates, under the run's
+   function that released the real round; without central DP, divided by each cohort's
+   own weight as the server divides) and as many "with" aggregates, under the run's
    adjacency: add/remove (Poisson sampling) adds the canary client to the same cohort,
    replace-one (fixed cohorts) swaps it for a random member; statistic s = <v, U> / |c|
    for the canary's clipped update c = |c| v (the release projected on v, without
@@ -156,12 +157,14 @@ class CanaryAuditor:
         params: np.ndarray,
         template: dict[str, torch.Tensor],
         cohort_updates: np.ndarray,
+        cohort_examples: np.ndarray,
         design_updates: np.ndarray,
         aggregator: Aggregator,
     ) -> AuditResult:
         """Audit round ``round_number`` from its frozen global model ``params``;
         ``cohort_updates`` (n, d) are the round's trained updates as they entered its sum
-        (prepared by ``aggregator.rule``: clipped where it clips), ``design_updates`` the
+        (prepared by ``aggregator.rule``: clipped where it clips; not yet weighted),
+        ``cohort_examples`` (n,) their clients' example counts, ``design_updates`` the
         design-pool users' (:attr:`design_ids`), trained from the same model alongside the
         cohort and clipped to the round's clip norm."""
         scenario, config = self.scenario, self.config
@@ -184,10 +187,17 @@ class CanaryAuditor:
             adjacency=self.mechanism.adjacency,
             contribution_norm=float(np.linalg.norm(update)),
             clip_norm=clip_norm,
-            replay=self.replay(cohort_updates=cohort_updates, canary_update=update, aggregator=aggregator, rng=rng),
+            replay=self.replay(
+                cohort_updates=cohort_updates,
+                cohort_examples=cohort_examples,
+                canary_update=update,
+                aggregator=aggregator,
+                rng=rng,
+            ),
             what_if=tuple(
                 self.replay(
                     cohort_updates=cohort_updates,
+                    cohort_examples=cohort_examples,
                     canary_update=update,
                     aggregator=aggregator.with_noise_multiplier(noise_multiplier),
                     rng=rng,
@@ -197,16 +207,25 @@ class CanaryAuditor:
         )
 
     def replay(
-        self, *, cohort_updates: np.ndarray, canary_update: np.ndarray, aggregator: Aggregator, rng: np.random.Generator
+        self,
+        *,
+        cohort_updates: np.ndarray,
+        canary_update: np.ndarray,
+        aggregator: Aggregator,
+        rng: np.random.Generator,
+        cohort_examples: np.ndarray | None = None,
     ) -> Replay:
-        """The canary test of one round through ``aggregator.release``: ``audit.tests``
-        "without" and "with" releases over cohorts re-drawn from ``cohort_updates`` (n, d),
-        scored s = <v, U> / |c| for the canary client's (clipped) update c = |c| v."""
+        """The canary test of one round through ``aggregator.replay`` (the strategy's own
+        release): ``audit.tests`` "without" and "with" releases over cohorts re-drawn from
+        ``cohort_updates`` (n, d) (``cohort_examples``: their example counts, default 1
+        each; the canary client holds one sample), scored s = <v, U> / |c| for the canary
+        client's (clipped) update c = |c| v."""
         contribution = float(np.linalg.norm(canary_update))
         direction = canary_update / max(contribution, 1e-12)
         pool = np.vstack([cohort_updates, canary_update[None]])  # the canary client is the last row
+        examples = np.append(np.ones(len(cohort_updates)) if cohort_examples is None else cohort_examples, 1.0)
         without, with_ = (
-            aggregator.release(pool, include=include, direction=direction, rng=rng) / contribution
+            aggregator.replay(pool, examples=examples, include=include, direction=direction, rng=rng) / contribution
             for include in self._cohorts(len(cohort_updates), rng)
         )
         # the run store keeps float32 scores: estimate from exactly what it keeps

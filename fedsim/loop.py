@@ -222,6 +222,7 @@ class RoundLoop:
                     params=self.params,  # the frozen global model: the step below makes a new array
                     template=self.template,
                     cohort_updates=answered.updates,
+                    cohort_examples=np.array([report.num_examples for report in reports], dtype=np.float64),
                     design_updates=answered.design,
                     aggregator=copy.deepcopy(self.aggregator),  # as it releases this round
                 ),

@@ -75,6 +75,22 @@ class Aggregator(ABC):
         their projections on it (see ``noisy_sums``). No state changes."""
         return noisy_sums(prepared, include=include, noise_std=self.release_std, rng=rng, direction=direction)
 
+    def replay(
+        self,
+        updates: np.ndarray,
+        *,
+        examples: np.ndarray,
+        include: np.ndarray,
+        rng: np.random.Generator,
+        direction: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The audit's replays of this strategy's round: row t is what the server would
+        release for the cohort ``include[t]`` over ``updates`` (prepared by :attr:`rule`,
+        not yet weighted; ``examples``: each one's example count), projected on a unit
+        ``direction`` if given. Central DP: the noisy sums (their divisor, the expected
+        cohort, is a constant that no estimate depends on)."""
+        return self.release(updates, include=include, rng=rng, direction=direction)
+
     def with_noise_multiplier(self, noise_multiplier: float) -> Aggregator:
         """A copy releasing with another noise multiplier (the audit's what-if replays)."""
         raise ValueError(f"{type(self).__name__} adds no noise; a what-if noise level needs central DP")
@@ -112,9 +128,20 @@ class PlainAggregator(Aggregator):
         return ContributionRule(by_examples=not self.uniform)
 
     def aggregate(self, *, total, weight, norms, rng) -> RoundAggregate:
-        if weight == 0:
-            return RoundAggregate(np.zeros_like(total), None, 0.0, None)
-        return RoundAggregate(self._release_total(total, rng) / weight, None, 0.0, None)
+        return RoundAggregate(_mean(self._release_total(total, rng), weight), None, 0.0, None)
+
+    def replay(self, updates, *, examples, include, rng, direction=None) -> np.ndarray:
+        """The cohorts' means as :meth:`aggregate` takes them: weighted by example counts
+        (or uniform) and divided by each cohort's own weight, which is not a constant."""
+        weights = np.ones(len(updates)) if self.uniform else np.asarray(examples, dtype=np.float64)
+        sums = self.release(updates * weights[:, None], include=include, rng=rng, direction=direction)
+        cohort_weights = include @ weights
+        return _mean(sums, cohort_weights[:, None] if sums.ndim == 2 else cohort_weights)
+
+
+def _mean(total: np.ndarray, weight: np.ndarray | float) -> np.ndarray:
+    """``total / weight``, and zeros where the weight is 0 (nobody in the cohort)."""
+    return np.divide(total, weight, out=np.zeros_like(total), where=np.asarray(weight) > 0)
 
 
 class FixedClippingAggregator(Aggregator):

@@ -8,7 +8,7 @@ from fedsim.config import scenario_from_dict
 from fedsim.experiment import dataset_for
 from fedsim.privacy import DpMechanism
 from fedsim.strategies.aggregation import clip_updates
-from fedsim.strategies.dp import FixedClippingAggregator
+from fedsim.strategies.dp import FixedClippingAggregator, PlainAggregator
 
 
 def _auditor(tests: int, sampling: str = "poisson") -> CanaryAuditor:
@@ -65,3 +65,29 @@ def test_replays_add_fresh_noise_with_the_strategys_std():
     assert scores_without.std() == pytest.approx(1.5, rel=0.03) and scores_with.std() == pytest.approx(1.5, rel=0.03)
     assert scores_with.mean() - scores_without.mean() == pytest.approx(1.0, abs=0.06)
     assert abs(np.corrcoef(scores_with, scores_without)[0, 1]) < 0.05  # fresh noise for each
+
+
+def test_without_central_dp_the_replays_are_the_example_weighted_means_the_server_applies():
+    """dp.mode none releases the example-weighted mean of the cohort: so do the replays."""
+    rng = np.random.default_rng(6)
+    cohort = rng.normal(size=(3, 20))
+    examples = np.array([5.0, 1.0, 30.0])
+    canary = rng.normal(size=20)
+    direction = canary / np.linalg.norm(canary)
+    auditor = _auditor(tests=200, sampling="fixed")
+    replay = auditor.replay(
+        cohort_updates=cohort,
+        cohort_examples=examples,
+        canary_update=canary,
+        aggregator=PlainAggregator(uniform=False),
+        rng=rng,
+    )
+    whole_cohort_mean = examples @ cohort / examples.sum()
+    np.testing.assert_allclose(replay.scores_without, whole_cohort_mean @ direction / np.linalg.norm(canary), rtol=1e-5)
+    # with: one member (weight w_j) swapped for the canary client (one sample)
+    total, weight = examples @ cohort, examples.sum()
+    swapped = np.array([(total - examples[j] * cohort[j] + canary) / (weight - examples[j] + 1) for j in range(3)])
+    expected = swapped @ direction / np.linalg.norm(canary)
+    nearest = np.abs(replay.scores_with[:, None] - expected[None]).min(axis=1)
+    assert nearest.max() < 1e-5 * np.abs(expected).max()
+    assert len(np.unique(np.abs(replay.scores_with[:, None] - expected[None]).argmin(axis=1))) == 3  # every swap seen

@@ -220,6 +220,24 @@ def test_plain_fedavg_weights_by_examples_and_local_dp_weighs_uniformly():
     assert local.mean_update[0] == pytest.approx(5 / 2)
 
 
+@pytest.mark.parametrize("uniform", [False, True])
+def test_audit_replays_of_plain_fedavg_are_the_means_the_round_applies(uniform):
+    """Without central DP the audit replays each cohort as the server's own mean of it,
+    weights and the cohort's own divisor included."""
+    rng = np.random.default_rng(5)
+    updates = rng.normal(size=(5, 4))
+    examples = np.array([3.0, 1.0, 7.0, 2.0, 1.0])
+    include = np.array([[1, 0, 1, 1, 0], [0, 1, 0, 0, 1], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=bool)
+    aggregator = PlainAggregator(uniform=uniform)
+    replayed = aggregator.replay(updates, examples=examples, include=include, rng=rng)
+    for row, cohort in zip(replayed, include):
+        applied = _aggregate(aggregator, updates[cohort], weights=examples[cohort], rng=None).mean_update
+        np.testing.assert_allclose(row, applied, rtol=1e-12)  # nobody: zeros
+    direction = np.array([0.6, 0.0, 0.8, 0.0])
+    projected = aggregator.replay(updates, examples=examples, include=include, rng=rng, direction=direction)
+    np.testing.assert_allclose(projected, replayed @ direction, rtol=1e-12)
+
+
 def test_adaptive_clipping_moves_the_clip_norm_towards_the_target_quantile():
     rng = np.random.default_rng(3)
     norms_true = rng.lognormal(mean=0.0, sigma=0.5, size=(200,))
