@@ -6,13 +6,15 @@ the audit off, then with the audit on every ``--every``-th round (default: every
 A round's seconds are the time between the ends of consecutive rounds, as a user waits
 for them (an audit overlaps the next round's training, so a round's own ``seconds``
 column would not show what it costs the run); medians over rounds 2 .. R-1 (round 1
-warms up, the last round always evaluates), and their ratio:
+warms up, the last round always evaluates), and their ratio; and the machine's busy CPU
+seconds per round, which bound how far overlapping the audit can hide it:
 
     .venv/bin/python benchmarks/audit_cost.py scenarios/quickstart.yaml --set rounds=12
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
@@ -24,14 +26,27 @@ from fedsim.config import load_scenario
 from fedsim.runner import run_scenario
 
 
-def seconds_per_round(scenario, *, engine: str) -> tuple[float, list]:
-    """Median seconds between the ends of rounds 2 .. R-1, and the rows."""
-    ends: list[float] = []
+def busy_cpu_seconds() -> float:
+    """CPU seconds this machine has spent outside idle and I/O wait since boot (/proc/stat)."""
+    user, nice, system, idle, iowait, *rest = (int(v) for v in Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + sum(rest)) / os.sysconf("SC_CLK_TCK")
+
+
+def seconds_per_round(scenario, *, engine: str) -> tuple[float, float, list]:
+    """Median wall seconds between the ends of rounds 2 .. R-1, the machine's busy CPU
+    seconds per round over the same rounds (every process: the driver, Ray's, anything
+    else running), and the rows."""
+    ends: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory() as out:
         rows = run_scenario(
-            scenario=scenario, out_dir=Path(out), engine=engine, on_round=lambda _: ends.append(time.perf_counter())
+            scenario=scenario,
+            out_dir=Path(out),
+            engine=engine,
+            on_round=lambda _: ends.append((time.perf_counter(), busy_cpu_seconds())),
         ).rows
-    return statistics.median(b - a for a, b in zip(ends[:-2], ends[1:-1])), rows
+    wall = statistics.median(b[0] - a[0] for a, b in zip(ends[:-2], ends[1:-1]))
+    cpu = (ends[-2][1] - ends[0][1]) / (len(ends) - 2)
+    return wall, cpu, rows
 
 
 def main() -> None:
@@ -40,12 +55,12 @@ def main() -> None:
     args = parser.parse_args()
     base = load_scenario(args.scenario, overrides=["audit.enabled=false", *args.set])
     audited = load_scenario(args.scenario, overrides=["audit.enabled=true", f"audit.every={args.every}", *args.set])
-    plain_s, _ = seconds_per_round(base, engine=args.engine)
-    audited_s, rows = seconds_per_round(audited, engine=args.engine)
-    print(f"engine {args.engine}, {base.rounds} rounds, audit every {args.every}")
-    print(f"  without the audit: median {plain_s:.3f} s a round")
-    print(f"  with the audit:    median {audited_s:.3f} s a round")
-    print(f"ratio with / without: {audited_s / plain_s:.2f}")
+    plain_s, plain_cpu, _ = seconds_per_round(base, engine=args.engine)
+    audited_s, audited_cpu, rows = seconds_per_round(audited, engine=args.engine)
+    print(f"engine {args.engine}, {base.rounds} rounds, audit every {args.every}, {os.cpu_count()} cores")
+    print(f"  without the audit: median {plain_s:.3f} s a round, {plain_cpu:.3f} busy CPU s a round")
+    print(f"  with the audit:    median {audited_s:.3f} s a round, {audited_cpu:.3f} busy CPU s a round")
+    print(f"ratio with / without: {audited_s / plain_s:.2f} (busy CPU: {audited_cpu / plain_cpu:.2f})")
     healths = [r.canary_health for r in rows if r.canary_health is not None]
     print(f"canary health: median {statistics.median(healths):.3f}, min {min(healths):.3f}")
 

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedsim.canaries.design import DesignPool
-from fedsim.clients.training import seeded
+from fedsim.seeding import seeded
 
 CHECK_EVERY = 10  # crafting steps between checks of the discrete objective
 PATIENCE = 2  # checks in a row that gain less than ``min_improvement`` stop the crafting

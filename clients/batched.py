@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from fedsim.clients.training import TrainSettings, seeded, shuffled_batches
+from fedsim.clients.training import TrainSettings, shuffled_batches
 from fedsim.models import TextClassifier
+from fedsim.seeding import seeded
 
 #: users per batched pass (bounds the per-sample and per-user tensors held at once)
 CHUNK_USERS = 32

@@ -6,8 +6,6 @@ ClientApp, a design-pool mock client of the canary audit, or many clients in a l
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedsim.data.base import ClientData
+from fedsim.seeding import seeded
 
 
 @dataclass(frozen=True)
@@ -72,27 +71,6 @@ def train_client(
         optimizer.state.clear()  # momentum buffers, Adam moments: a fresh start
     with seeded(seed, device=_device_of(model)):  # dropout and anything else drawing from torch's global RNG
         return _train(model=model, data=data, settings=settings, seed=seed, optimizer=optimizer)
-
-
-#: one user of torch's global RNG at a time in this process: a client given up on at the
-#: round's deadline may still be training in a helper thread (fedsim.clients.node)
-_GLOBAL_RNG = threading.RLock()
-
-
-@contextlib.contextmanager
-def seeded(seed: int, *, device: torch.device) -> Iterator[None]:
-    """torch's global RNG of ``device`` seeded with ``seed`` inside, restored after, and
-    used by no other thread of this process meanwhile.
-
-    On CPU only the CPU generator is seeded (``torch.manual_seed`` would also queue a seed
-    for CUDA, and without CUDA record a stack trace each time: ~0.5 ms a client)."""
-    devices = [device] if device.type == "cuda" else []
-    with _GLOBAL_RNG, torch.random.fork_rng(devices=devices):
-        if device.type == "cuda":
-            torch.manual_seed(seed)
-        else:
-            torch.default_generator.manual_seed(seed)
-        yield
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -67,6 +67,14 @@ def _in_background(work: Callable[[], T], *, name: str) -> Callable[[], T]:
     return result
 
 
+def _quietly(result: Callable[[], Any]) -> None:
+    """Wait for a helper thread's ``result``, ignoring what it raised."""
+    try:
+        result()
+    except BaseException:  # noqa: BLE001, S110 - the caller is already failing
+        pass
+
+
 @dataclass
 class RunOutcome:
     """What the server thread hands back to the driver (run_simulation returns None)."""
@@ -174,11 +182,16 @@ class RoundLoop:
         return np.sort(rng.choice(population, size=wanted, replace=False))
 
     def run_round(self, transport: Transport, round_number: int) -> RoundResult:
-        """One round: sample, train, aggregate with DP, step, account, evaluate, audit."""
+        """One round, the rounds before it done: sample, train, aggregate with DP, step,
+        account, evaluate, audit."""
         return self._complete(self._train_round(transport, round_number, checkpoint=False))
 
-    def _train_round(self, transport: Transport, round_number: int, *, checkpoint: bool) -> _TrainedRound:
-        """A round up to its record: the audit is left running in a helper thread."""
+    def _train_round(
+        self, transport: Transport, round_number: int, *, checkpoint: bool, settle: Callable[[], None] = lambda: None
+    ) -> _TrainedRound:
+        """A round up to its record, its audit left running in a helper thread. ``settle``
+        is called once the clients have answered: it waits until the rounds before are
+        persisted, so this round's audit starts after the previous one has ended."""
         scenario = self.scenario
         started = time.perf_counter()
         cohort = sample_cohort(
@@ -196,20 +209,25 @@ class RoundLoop:
             functools.partial(self.theory.step, noise_multiplier=self.aggregator.noise_multiplier),
             name=f"fedsim-accountant-{round_number}",
         )
-        answered = (
-            transport.train(
-                round_number=round_number,
-                state=self.state(),
-                cohort=cohort,
-                rule=self.aggregator.rule,
-                keep_updates=audited,
-                timeout_s=scenario.round_timeout_s,
-                design_ids=design_ids,
+        try:
+            answered = (
+                transport.train(
+                    round_number=round_number,
+                    state=self.state(),
+                    cohort=cohort,
+                    rule=self.aggregator.rule,
+                    keep_updates=audited,
+                    timeout_s=scenario.round_timeout_s,
+                    design_ids=design_ids,
+                )
+                if len(cohort) or design_ids
+                else CohortReplies(total=np.zeros(dim), weight=0.0, reports=[])
             )
-            if len(cohort) or design_ids
-            else CohortReplies(total=np.zeros(dim), weight=0.0, reports=[])
-        )
-        self._check_replies(round_number, cohort, answered)
+            self._check_replies(round_number, cohort, answered)
+        except BaseException:
+            _quietly(theory)  # the run stops with this round unrecorded: its accountant step ends first
+            raise
+        settle()
         reports = answered.reports
         audited_round = None
         if audited and (answered.design is None or not len(answered.design)):
@@ -316,24 +334,38 @@ class RoundLoop:
     def run(self, transport: Transport, outcome: RunOutcome) -> None:
         """The rounds not yet done, each persisted (record, audit, checkpoint) in order. A
         round without an audit is persisted before the next round begins; an audited one
-        once its audit is done, which overlaps the next round's training and release (it
-        is persisted before that round is, and before the run stops or fails)."""
-        waiting: _TrainedRound | None = None  # an audited round whose audit is still running
+        by a helper thread as soon as its audit is done, while the next round trains (its
+        clients' answers wait for it, and so does the end of the run, a stop or failure
+        included)."""
+        in_flight: Callable[[], None] | None = None  # waits until the audited round in flight is persisted
+
+        def settle() -> None:
+            nonlocal in_flight
+            if in_flight is not None:
+                wait, in_flight = in_flight, None
+                wait()
+
         try:
             for round_number in range(self.rounds_done + 1, self.scenario.rounds + 1):
                 if outcome.stop.is_set():
-                    return
-                trained = self._train_round(transport, round_number, checkpoint=self._checkpoint_due(round_number))
-                if waiting is not None:
-                    waiting, earlier = None, waiting
-                    self._persist(self._complete(earlier), outcome)
+                    break
+                trained = self._train_round(
+                    transport, round_number, checkpoint=self._checkpoint_due(round_number), settle=settle
+                )
                 if trained.audit is None:
                     self._persist(self._complete(trained), outcome)
                 else:
-                    waiting = trained
-        finally:
-            if waiting is not None:
-                self._persist(self._complete(waiting), outcome)
+                    in_flight = _in_background(
+                        lambda trained=trained: self._persist(self._complete(trained), outcome),
+                        name=f"fedsim-persist-{round_number}",
+                    )
+        except BaseException as error:
+            try:
+                settle()  # the round in flight is kept
+            except BaseException as late:  # noqa: BLE001 - reported with the error that stopped the run
+                error.add_note(f"the round before was not kept either: {type(late).__name__}: {late}")
+            raise
+        settle()
 
     def _persist(self, result: RoundResult, outcome: RunOutcome) -> None:
         if self.store is not None:

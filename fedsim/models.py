@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from fedsim.errors import ScenarioError
+from fedsim.seeding import seeded
 
 
 def _logreg(*, input_shape: tuple[int, ...], num_classes: int, hidden: int) -> nn.Module:
@@ -284,6 +285,5 @@ def build_model(
     kwargs: dict[str, object] = dict(options)
     if name in TEXT_MODELS:
         kwargs.update(dp_compatible=dp_compatible, vocab_size=vocab_size)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed, device=torch.device("cpu")):  # no other thread draws meanwhile (a client, an audit)
         return MODELS[name](input_shape=tuple(input_shape), num_classes=num_classes, hidden=hidden, **kwargs)

@@ -8,7 +8,12 @@ depend on which users were loaded before.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
+
 import numpy as np
+import torch
 
 SAMPLING = 1  # which clients join a round
 NOISE = 2  # the server's DP noise
@@ -49,3 +54,25 @@ def keyed_rng(*, seed: int, stream: int, key: tuple[int, ...] = ()) -> np.random
     """
     words = np.array([seed, stream, len(key), *key], dtype=np.uint64)
     return np.random.default_rng(np.random.SeedSequence(words))
+
+
+#: one user of torch's global RNG at a time in this process: a client given up on at the
+#: round's deadline may still be training in a helper thread (fedsim.clients.node), and
+#: the canary audit builds and trains models while the next round's clients train
+_GLOBAL_RNG = threading.RLock()
+
+
+@contextlib.contextmanager
+def seeded(seed: int, *, device: torch.device) -> Iterator[None]:
+    """torch's global RNG of ``device`` seeded with ``seed`` inside, restored after, and
+    used by no other thread of this process meanwhile.
+
+    On CPU only the CPU generator is seeded (``torch.manual_seed`` would also queue a seed
+    for CUDA, and without CUDA record a stack trace each time: ~0.5 ms a client)."""
+    devices = [device] if device.type == "cuda" else []
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=devices):
+        if device.type == "cuda":
+            torch.manual_seed(seed)
+        else:
+            torch.default_generator.manual_seed(seed)
+        yield

@@ -6,7 +6,8 @@ import time
 
 import torch
 
-from fedsim.clients.training import seeded
+from fedsim.models import build_model
+from fedsim.seeding import seeded
 
 
 def _draws(seed: int, pause: float) -> list[float]:
@@ -28,3 +29,22 @@ def test_seeded_draws_do_not_mix_between_threads():
         thread.join()
     assert together == alone
     assert alone[1] != alone[2]
+
+
+def test_building_a_model_in_another_thread_does_not_disturb_seeded_draws():
+    """The canary audit builds its model while the next round's clients train in-process."""
+    alone = _draws(3, 0.0)
+    stop = threading.Event()
+
+    def build() -> None:
+        while not stop.is_set():
+            build_model(name="mlp", input_shape=(8,), num_classes=3, hidden=16, seed=0)
+
+    builder = threading.Thread(target=build)
+    builder.start()
+    try:
+        together = _draws(3, 0.01)
+    finally:
+        stop.set()
+        builder.join()
+    assert together == alone

@@ -5,8 +5,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedsim.clients.training import TrainSettings, seeded, shuffled_batches, train_client
+from fedsim.clients.training import TrainSettings, shuffled_batches, train_client
 from fedsim.data.base import ClientData
+from fedsim.seeding import seeded
 
 
 @pytest.mark.parametrize("num_samples", [1, 7, 10, 23, 100])

@@ -1,11 +1,13 @@
 """The round loop and the runner, in-process (no Flower, no Ray): reproducibility,
 durability when a client crashes or the user interrupts, and DP's cost in accuracy."""
 
+import copy
 import dataclasses
 import math
 import threading
 
 import dp_accounting
+import numpy as np
 import pytest
 from dp_accounting import pld
 
@@ -26,6 +28,17 @@ def _scenario(project_root, *overrides):
 
 def _without_time(rows):
     return [dataclasses.replace(row, seconds=None) for row in rows]
+
+
+def _same(a, b) -> bool:
+    """Equal, arrays bit for bit, through nested dicts and lists."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    return a == b
 
 
 def test_same_seed_same_rounds_other_seed_other_rounds(tmp_path, project_root):
@@ -53,14 +66,19 @@ def test_interrupt_marks_the_run_interrupted_and_keeps_rounds(tmp_path, project_
 
 
 def test_an_audit_runs_while_the_next_round_trains_and_rounds_are_persisted_in_order(tmp_path, project_root):
-    """Round 1's audit waits until round 2's clients train: the run only finishes if the
-    loop goes on while an audit runs; the rows, audits and checkpoints are those of a run
-    that audits one round at a time."""
+    """Round r's audit waits until round r + 1's clients train: the run only finishes if
+    the loop goes on while an audit runs. Rows, audits and every checkpoint are those of
+    a run that audits one round at a time (FedAdam and adaptive clipping: state that
+    changes every round)."""
     audited = ["audit.enabled=true", "audit.tests=2000", "audit.iterations=10", "audit.design_pool=4", "rounds=3"]
-    scenario = _scenario(project_root, *audited)
+    stateful = ["dp.mode=server_adaptive", "server.optimizer=fedadam", "server.lr=0.1"]
+    scenario = _scenario(project_root, *audited, *stateful)
     one_at_a_time = RoundLoop(scenario=scenario)
     transport = InProcessTransport(scenario=scenario)
-    expected = [one_at_a_time.run_round(transport, r) for r in (1, 2, 3)]
+    expected, states = [], []
+    for round_number in (1, 2, 3):
+        expected.append(one_at_a_time.run_round(transport, round_number).record)
+        states.append(copy.deepcopy(one_at_a_time.state_dict()))  # as it was after the round
 
     training = {r: threading.Event() for r in (1, 2, 3)}
 
@@ -80,17 +98,21 @@ def test_an_audit_runs_while_the_next_round_trains_and_rounds_are_persisted_in_o
 
     loop.auditor.audit = slow_audit
     loop.store = RunStore.create(parent=tmp_path, scenario=scenario)
+    checkpoints = []
+    write_checkpoint = loop.store.write_checkpoint
+    loop.store.write_checkpoint = lambda state: (checkpoints.append(state), write_checkpoint(state))
     outcome = RunOutcome()
     persisted = []
     loop.on_round = lambda row: persisted.append((row.round, loop.store.audited_rounds()))
     loop.run(Watched(scenario=scenario), outcome)
     assert overlapped == [True, True]
     assert persisted == [(1, [1]), (2, [1, 2]), (3, [1, 2, 3])]
-    assert _without_time(outcome.rows) == _without_time([result.record for result in expected])
-    one_at_a_time.rounds_done = 3
-    checkpoint = loop.store.read_checkpoint()
-    assert checkpoint["round"] == 3 and checkpoint["empirical"] == one_at_a_time.state_dict()["empirical"]
-    assert checkpoint["params"].tobytes() == one_at_a_time.state_dict()["params"].tobytes()
+    assert _without_time(outcome.rows) == _without_time(expected)
+    assert len(checkpoints) == 3
+    for written, state in zip(checkpoints, states):
+        assert written.keys() == state.keys() and written["round"] == state["round"]
+        for key in ("params", "optimizer", "aggregator", "theory", "empirical"):
+            assert _same(written[key], state[key]), key
 
 
 def test_fixed_cohort_is_accounted_with_rdp_and_exceeds_poisson(tmp_path, project_root):
