@@ -10,8 +10,7 @@ In one process run, for the same sampled clients of the same rounds:
   of consecutive rounds, so the run store's writes count too);
 - ``limit``: a plain PyTorch loop in this process: copy the global model into one model,
   the same local steps on the same (preloaded) samples, clip, sum, add noise, server step;
-  each of its rounds runs right after fedsim's same round (while Ray idles), so both see
-  the same load on a machine shared with other work;
+  its rounds run after fedsim's, once Ray has stopped;
 - ``flower``: a plain Flower Message-API app on Ray: one ClientApp call per client that
   builds its model, trains and replies with its weights; the server clips, sums and adds
   noise with Flower's own helpers.
@@ -216,25 +215,17 @@ class Limit:
 
 def time_fedsim_and_limit(scenario, cohorts: list[np.ndarray], out: Path) -> tuple[list[float], list[float]]:
     """Seconds of rounds 2 .. R-1 of ``run_scenario`` on Flower/Ray (between the ends of
-    consecutive rounds, the run store's writes included) and of the limit's same rounds,
-    each limit round run right after fedsim's (while Ray idles), so that both see the
-    same load on a shared machine."""
+    consecutive rounds, the run store's writes included), then of the limit's same rounds
+    in this process once Ray has stopped (fedsim persists a round while the next one
+    trains, so a limit round run from the round callback would share the machine with
+    fedsim's next round)."""
     from fedsim.runner import run_scenario
 
+    ends: list[float] = []
+    run_scenario(scenario=scenario, out_dir=out, on_round=lambda _: ends.append(time.perf_counter()))
     limit = Limit(scenario, cohorts)
-    fedsim_s: dict[int, float] = {}
-    limit_s: dict[int, float] = {}
-    resumed: list[float] = []
-
-    def on_round(row) -> None:
-        if resumed:
-            fedsim_s[row.round] = time.perf_counter() - resumed[-1]
-        limit_s[row.round] = limit.round(row.round)
-        resumed.append(time.perf_counter())
-
-    run_scenario(scenario=scenario, out_dir=out, on_round=on_round)
-    timed = range(2, scenario.rounds)  # round 1 warms up; the last one evaluates
-    return [fedsim_s[r] for r in timed], [limit_s[r] for r in timed]
+    limit_s = [limit.round(round_number) for round_number in range(1, scenario.rounds + 1)]
+    return timed_rounds(ends), limit_s[1:-1]  # round 1 warms up; the last one evaluates
 
 
 # --- a plain Flower Message-API app ----------------------------------------------------

@@ -7,7 +7,8 @@ counted; on audited rounds the adversary's design-pool users train alongside) ->
 aggregation -> server optimiser step -> accountant -> federated evaluation -> one
 record, which the run store persists with a checkpoint. The audit runs on the round's
 frozen model in a helper thread while the round is released and the next one trains;
-an audited round's record waits for it, and rounds are persisted in order. Everything a
+a round's record waits for its audit, and rounds are persisted in order by a helper
+thread while the next round's clients train. Everything a
 round depends on is either keyed by (seed, stream, round) in fedsim/seeding.py or in
 :meth:`RoundLoop.state_dict`, so a run resumes exactly.
 """
@@ -332,12 +333,11 @@ class RoundLoop:
         return columns
 
     def run(self, transport: Transport, outcome: RunOutcome) -> None:
-        """The rounds not yet done, each persisted (record, audit, checkpoint) in order. A
-        round without an audit is persisted before the next round begins; an audited one
-        by a helper thread as soon as its audit is done, while the next round trains (its
-        clients' answers wait for it, and so does the end of the run, a stop or failure
-        included)."""
-        in_flight: Callable[[], None] | None = None  # waits until the audited round in flight is persisted
+        """The rounds not yet done, each persisted (record, audit, checkpoint) in order by
+        a helper thread as soon as it is released and its audit done, while the next
+        round trains (that round's clients' answers wait for it, and so does the end of
+        the run, a stop or failure included)."""
+        in_flight: Callable[[], None] | None = None  # waits until the round in flight is persisted
 
         def settle() -> None:
             nonlocal in_flight
@@ -352,13 +352,10 @@ class RoundLoop:
                 trained = self._train_round(
                     transport, round_number, checkpoint=self._checkpoint_due(round_number), settle=settle
                 )
-                if trained.audit is None:
-                    self._persist(self._complete(trained), outcome)
-                else:
-                    in_flight = _in_background(
-                        lambda trained=trained: self._persist(self._complete(trained), outcome),
-                        name=f"fedsim-persist-{round_number}",
-                    )
+                in_flight = _in_background(
+                    lambda trained=trained: self._persist(self._complete(trained), outcome),
+                    name=f"fedsim-persist-{round_number}",
+                )
         except BaseException as error:
             try:
                 settle()  # the round in flight is kept
