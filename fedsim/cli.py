@@ -77,7 +77,7 @@ def friendly(command):
 
 def _quiet_interrupt(signum: int, frame: object) -> None:
     """Ctrl-C or SIGTERM: silence Flower before its worker threads report the stopped Ray
-    actors, and stop the run (every finished round is already on disk)."""
+    actors, and stop the run (every round written so far stays on disk)."""
     from fedsim.runner import Interrupted
 
     logging.getLogger("flwr").setLevel(logging.CRITICAL + 1)

@@ -68,12 +68,30 @@ def _in_background(work: Callable[[], T], *, name: str) -> Callable[[], T]:
     return result
 
 
-def _quietly(result: Callable[[], Any]) -> None:
-    """Wait for a helper thread's ``result``, ignoring what it raised."""
-    try:
-        result()
-    except BaseException:  # noqa: BLE001, S110 - the caller is already failing
-        pass
+class _RoundHelpers:
+    """The helper threads one round starts (its accountant step, its audit). If the round
+    fails they are waited for, what they raise ignored, before the failure goes on: no
+    thread of an unrecorded round keeps changing the loop's state or using the CPU."""
+
+    def __init__(self) -> None:
+        self._results: list[Callable[[], Any]] = []
+
+    def start(self, work: Callable[[], T], *, name: str) -> Callable[[], T]:
+        result = _in_background(work, name=name)
+        self._results.append(result)
+        return result
+
+    def __enter__(self) -> _RoundHelpers:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if error is None:
+            return
+        for result in self._results:
+            try:
+                result()
+            except BaseException:  # noqa: BLE001, S110 - the round is already failing
+                pass
 
 
 @dataclass
@@ -193,24 +211,24 @@ class RoundLoop:
         """A round up to its record, its audit left running in a helper thread. ``settle``
         is called once the clients have answered: it waits until the rounds before are
         persisted, so this round's audit starts after the previous one has ended."""
-        scenario = self.scenario
-        started = time.perf_counter()
-        cohort = sample_cohort(
-            population=self.dataset.num_clients,
-            clients_per_round=scenario.clients_per_round,
-            method=scenario.sampling,
-            seed=scenario.seed,
-            round_number=round_number,
-        )
-        audited = self.auditor is not None and self.auditor.should_audit(round_number)
-        dim = self.params.shape[0]
-        design_ids = self.auditor.design_ids if audited else []
-        # the round's bounds depend only on its noise: composed while the clients train
-        theory = _in_background(
-            functools.partial(self.theory.step, noise_multiplier=self.aggregator.noise_multiplier),
-            name=f"fedsim-accountant-{round_number}",
-        )
-        try:
+        with _RoundHelpers() as helpers:  # waited for if the round fails
+            scenario = self.scenario
+            started = time.perf_counter()
+            cohort = sample_cohort(
+                population=self.dataset.num_clients,
+                clients_per_round=scenario.clients_per_round,
+                method=scenario.sampling,
+                seed=scenario.seed,
+                round_number=round_number,
+            )
+            audited = self.auditor is not None and self.auditor.should_audit(round_number)
+            dim = self.params.shape[0]
+            design_ids = self.auditor.design_ids if audited else []
+            # the round's bounds depend only on its noise: composed while the clients train
+            theory = helpers.start(
+                functools.partial(self.theory.step, noise_multiplier=self.aggregator.noise_multiplier),
+                name=f"fedsim-accountant-{round_number}",
+            )
             answered = (
                 transport.train(
                     round_number=round_number,
@@ -225,67 +243,64 @@ class RoundLoop:
                 else CohortReplies(total=np.zeros(dim), weight=0.0, reports=[])
             )
             self._check_replies(round_number, cohort, answered)
-        except BaseException:
-            _quietly(theory)  # the run stops with this round unrecorded: its accountant step ends first
-            raise
-        settle()
-        reports = answered.reports
-        audited_round = None
-        if audited and (answered.design is None or not len(answered.design)):
-            audited = False  # no design-pool user answered (they crashed): no canary, the round goes on unaudited
-        if audited:  # in a helper thread, while the round is released and the next one trains
-            audited_round = _in_background(
-                functools.partial(
-                    self.auditor.audit,
-                    round_number=round_number,
-                    params=self.params,  # the frozen global model: the step below makes a new array
-                    template=self.template,
-                    cohort_updates=answered.updates,
-                    cohort_examples=np.array([report.num_examples for report in reports], dtype=np.float64),
-                    design_updates=answered.design,
-                    aggregator=copy.deepcopy(self.aggregator),  # as it releases this round
-                ),
-                name=f"fedsim-audit-{round_number}",
+            settle()
+            reports = answered.reports
+            audited_round = None
+            if audited and (answered.design is None or not len(answered.design)):
+                audited = False  # no design-pool user answered (they crashed): no canary, the round goes on unaudited
+            if audited:  # in a helper thread, while the round is released and the next one trains
+                audited_round = helpers.start(
+                    functools.partial(
+                        self.auditor.audit,
+                        round_number=round_number,
+                        params=self.params,  # the frozen global model: the step below makes a new array
+                        template=self.template,
+                        cohort_updates=answered.updates,
+                        cohort_examples=np.array([report.num_examples for report in reports], dtype=np.float64),
+                        design_updates=answered.design,
+                        aggregator=copy.deepcopy(self.aggregator),  # as it releases this round
+                    ),
+                    name=f"fedsim-audit-{round_number}",
+                )
+            rng = round_rng(seed=scenario.seed, stream=NOISE, round_number=round_number)
+            aggregate = self.aggregator.aggregate(
+                total=answered.total,
+                weight=answered.weight,
+                norms=np.array([report.update_norm for report in reports]),
+                rng=rng,
             )
-        rng = round_rng(seed=scenario.seed, stream=NOISE, round_number=round_number)
-        aggregate = self.aggregator.aggregate(
-            total=answered.total,
-            weight=answered.weight,
-            norms=np.array([report.update_norm for report in reports]),
-            rng=rng,
-        )
-        # clients receive float32 weights: keep the server's copy exactly what it sends
-        new_params = self.optimizer.step(params=self.params, mean_update=aggregate.mean_update)
-        self.params = new_params.astype(np.float32).astype(np.float64)
-        epsilon = theory()
-        eval_loss = eval_accuracy = None
-        if round_number % scenario.evaluation.every == 0 or round_number == scenario.rounds:
-            loss_sum, correct, count = transport.evaluate(
-                round_number=round_number, state=self.state(), client_ids=self._evaluation_clients(round_number)
+            # clients receive float32 weights: keep the server's copy exactly what it sends
+            new_params = self.optimizer.step(params=self.params, mean_update=aggregate.mean_update)
+            self.params = new_params.astype(np.float32).astype(np.float64)
+            epsilon = theory()
+            eval_loss = eval_accuracy = None
+            if round_number % scenario.evaluation.every == 0 or round_number == scenario.rounds:
+                loss_sum, correct, count = transport.evaluate(
+                    round_number=round_number, state=self.state(), client_ids=self._evaluation_clients(round_number)
+                )
+                if count:
+                    eval_loss, eval_accuracy = loss_sum / count, correct / count
+            columns: dict[str, Any] = {
+                "round": round_number,
+                "clients": len(cohort),
+                "failures": len(answered.failed),
+                "train_loss": float(np.mean([r.train_loss for r in reports])) if reports else None,
+                "eval_loss": eval_loss,
+                "eval_accuracy": eval_accuracy,
+                "clip_fraction": aggregate.clip_fraction,
+                "clip_norm": aggregate.clip_norm,
+                "noise_std": self._noise_std(aggregate.noise_std, reports),
+                "epsilon_round_theory": epsilon.round,
+                "epsilon_cumulative_theory": epsilon.cumulative,
+                "epsilon_cumulative_theory_rdp": epsilon.cumulative_rdp,
+            }
+            return _TrainedRound(
+                round_number=round_number,
+                columns=columns,
+                seconds=time.perf_counter() - started,
+                audit=audited_round,
+                checkpoint=self._model_state(round_number) if checkpoint else None,
             )
-            if count:
-                eval_loss, eval_accuracy = loss_sum / count, correct / count
-        columns: dict[str, Any] = {
-            "round": round_number,
-            "clients": len(cohort),
-            "failures": len(answered.failed),
-            "train_loss": float(np.mean([r.train_loss for r in reports])) if reports else None,
-            "eval_loss": eval_loss,
-            "eval_accuracy": eval_accuracy,
-            "clip_fraction": aggregate.clip_fraction,
-            "clip_norm": aggregate.clip_norm,
-            "noise_std": self._noise_std(aggregate.noise_std, reports),
-            "epsilon_round_theory": epsilon.round,
-            "epsilon_cumulative_theory": epsilon.cumulative,
-            "epsilon_cumulative_theory_rdp": epsilon.cumulative_rdp,
-        }
-        return _TrainedRound(
-            round_number=round_number,
-            columns=columns,
-            seconds=time.perf_counter() - started,
-            audit=audited_round,
-            checkpoint=self._model_state(round_number) if checkpoint else None,
-        )
 
     def _complete(self, trained: _TrainedRound) -> RoundResult:
         """The round's record once its audit is done; the rounds before it must be complete."""
@@ -335,15 +350,16 @@ class RoundLoop:
     def run(self, transport: Transport, outcome: RunOutcome) -> None:
         """The rounds not yet done, each persisted (record, audit, checkpoint) in order by
         a helper thread as soon as it is released and its audit done, while the next
-        round trains (that round's clients' answers wait for it, and so does the end of
-        the run, a stop or failure included)."""
+        round trains. That round's clients' answers wait for it, and so does this method
+        before it returns or raises (a driver that leaves at once on an interrupt, as the
+        Flower engine's does, can leave the round in flight unwritten)."""
         in_flight: Callable[[], None] | None = None  # waits until the round in flight is persisted
 
         def settle() -> None:
             nonlocal in_flight
             if in_flight is not None:
-                wait, in_flight = in_flight, None
-                wait()
+                in_flight()  # an interrupt while waiting leaves it in flight, to be waited for again
+                in_flight = None
 
         try:
             for round_number in range(self.rounds_done + 1, self.scenario.rounds + 1):
@@ -356,13 +372,14 @@ class RoundLoop:
                     lambda trained=trained: self._persist(self._complete(trained), outcome),
                     name=f"fedsim-persist-{round_number}",
                 )
+            settle()
         except BaseException as error:
             try:
                 settle()  # the round in flight is kept
             except BaseException as late:  # noqa: BLE001 - reported with the error that stopped the run
-                error.add_note(f"the round before was not kept either: {type(late).__name__}: {late}")
+                if late is not error:
+                    error.add_note(f"the round before was not kept either: {type(late).__name__}: {late}")
             raise
-        settle()
 
     def _persist(self, result: RoundResult, outcome: RunOutcome) -> None:
         if self.store is not None:

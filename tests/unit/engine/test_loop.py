@@ -5,6 +5,7 @@ import copy
 import dataclasses
 import math
 import threading
+import time
 
 import dp_accounting
 import numpy as np
@@ -113,6 +114,31 @@ def test_an_audit_runs_while_the_next_round_trains_and_rounds_are_persisted_in_o
         assert written.keys() == state.keys() and written["round"] == state["round"]
         for key in ("params", "optimizer", "aggregator", "theory", "empirical"):
             assert _same(written[key], state[key]), key
+
+
+def test_a_round_that_fails_after_its_audit_started_waits_for_its_helper_threads(tmp_path, project_root):
+    """No thread of an unrecorded round goes on changing the loop or using the CPU."""
+    scenario = _scenario(project_root, "audit.enabled=true", "audit.tests=2000", "audit.design_pool=4", "rounds=2")
+
+    class FailingEvaluation(InProcessTransport):
+        def evaluate(self, **kwargs):
+            raise RuntimeError("evaluation broke")
+
+    loop = RoundLoop(scenario=scenario)
+    audit = loop.auditor.audit
+    finished = []
+
+    def slow_audit(**kwargs):
+        time.sleep(0.5)  # still running when the round's evaluation fails
+        result = audit(**kwargs)
+        finished.append(kwargs["round_number"])
+        return result
+
+    loop.auditor.audit = slow_audit
+    with pytest.raises(RuntimeError, match="evaluation broke"):
+        loop.run(FailingEvaluation(scenario=scenario), RunOutcome())
+    assert finished == [1]
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("fedsim-")]
 
 
 def test_fixed_cohort_is_accounted_with_rdp_and_exceeds_poisson(tmp_path, project_root):
