@@ -7,7 +7,7 @@ ClientApp, a design-pool mock client of the canary audit, or many clients in a l
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -84,13 +84,16 @@ def _train(
     generator = torch.Generator().manual_seed(seed)
     device = _device_of(model)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
-    loader = _ShuffledBatches(x_train, y_train, batch_size=settings.batch_size, generator=generator)
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
     trained: nn.Module = model
-    if settings.dpsgd_noise_multiplier is not None:
+    if settings.dpsgd_noise_multiplier is None:
+        loader = _ShuffledBatches(x_train, y_train, batch_size=settings.batch_size, generator=generator)
+    else:  # Opacus draws Poisson batches from a DataLoader of its own making
+        from opacus import PrivacyEngine  # imported lazily: only local-DP scenarios pay for it
+
         loader = DataLoader(
             TensorDataset(x_train, y_train), batch_size=settings.batch_size, shuffle=True, generator=generator
         )
-        from opacus import PrivacyEngine  # imported lazily: only local-DP scenarios pay for it
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
