@@ -62,27 +62,64 @@ class Canary:
     direction: np.ndarray | None = None
 
 
+class FrozenWeights:
+    """A model's parameters in state-dict order, read once for many gradients at fixed weights.
+
+    Flat vectors follow the state dict (buffers as zero slots). :meth:`shifted` moves the
+    parameters and restores them exactly from a copy taken here, so the weights must not
+    change otherwise while this object is in use (the crafting's model is frozen).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        params = dict(model.named_parameters())
+        state = model.state_dict(keep_vars=True)
+        self.params = [params[k] for k in state if k in params]
+        self.slots = [(params.get(k), v.numel(), v.dtype) for k, v in state.items()]
+        self.saved = [p.detach().clone() for p in self.params]
+        self.norm = float(torch.cat([p.reshape(-1) for p in self.saved]).norm())
+
+    def grad(
+        self, loss: torch.Tensor, *, create_graph: bool, inputs: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Gradient of ``loss`` w.r.t. the parameters, flat; with ``inputs``, also the
+        gradient w.r.t. them, from the same backward pass."""
+        extra = [] if inputs is None else [inputs]
+        (*grads,) = torch.autograd.grad(loss, [*self.params, *extra], create_graph=create_graph, allow_unused=True)
+        input_grad = grads.pop() if inputs is not None else None
+        grads = iter(grads)
+        parts = []
+        for param, numel, dtype in self.slots:
+            if param is None:
+                parts.append(torch.zeros(numel, dtype=dtype))
+            else:
+                grad = next(grads)
+                parts.append((torch.zeros_like(param) if grad is None else grad).reshape(-1))
+        flat = torch.cat(parts)
+        return flat if inputs is None else (flat, input_grad)
+
+    @contextlib.contextmanager
+    def shifted(self, shift: torch.Tensor) -> Iterator[None]:
+        """The parameters moved by ``shift`` (flat, as :meth:`grad`) inside, restored exactly after."""
+        try:
+            with torch.no_grad():
+                offset = 0
+                for param, numel, _ in self.slots:
+                    if param is not None:
+                        param.add_(shift[offset : offset + numel].view_as(param))
+                    offset += numel
+            yield
+        finally:
+            with torch.no_grad():
+                for param, old in zip(self.params, self.saved):
+                    param.copy_(old)
+
+
 def flat_grad(
     model: nn.Module, loss: torch.Tensor, *, create_graph: bool, inputs: torch.Tensor | None = None
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Gradient of ``loss`` w.r.t. the model, flattened in state-dict order (zeros for
     buffers); with ``inputs``, also the gradient w.r.t. them, from the same backward pass."""
-    params = dict(model.named_parameters())
-    state = model.state_dict(keep_vars=True)
-    wanted = [params[k] for k in state if k in params]
-    extra = [] if inputs is None else [inputs]
-    (*grads,) = torch.autograd.grad(loss, [*wanted, *extra], create_graph=create_graph, allow_unused=True)
-    input_grad = grads.pop() if inputs is not None else None
-    grads = iter(grads)
-    parts = []
-    for key, value in state.items():
-        if key in params:
-            grad = next(grads)
-            parts.append((torch.zeros_like(value) if grad is None else grad).reshape(-1))
-        else:
-            parts.append(torch.zeros(value.numel(), dtype=value.dtype))
-    flat = torch.cat(parts)
-    return flat if inputs is None else (flat, input_grad)
+    return FrozenWeights(model).grad(loss, create_graph=create_graph, inputs=inputs)
 
 
 def _objective(g: torch.Tensor, batch: torch.Tensor, *, clip_norm: float, norm_constant: float) -> torch.Tensor:
@@ -92,34 +129,24 @@ def _objective(g: torch.Tensor, batch: torch.Tensor, *, clip_norm: float, norm_c
     return g.shape[0] * hinge + (projection**2).mean()
 
 
+def _objective_grad(g: torch.Tensor, batch: torch.Tensor, *, clip_norm: float, norm_constant: float) -> torch.Tensor:
+    """d :func:`_objective` / d g in closed form (a test checks it against autograd): with
+    n = |g|, s = n + 1e-12 and p = batch g / s, it is
+    -2 d relu(C_norm - n) g / n + 2 C^2 / (m s) (batch^T p - |p|^2 g / n) for m rows."""
+    norm = g.norm()
+    if float(norm) == 0:
+        return torch.zeros_like(g)
+    scaled = norm + 1e-12
+    projection = batch @ g / scaled
+    hinge = (-2 * g.shape[0] / norm) * torch.relu(norm_constant - norm) * g
+    spread = (2 * clip_norm**2 / (batch.shape[0] * scaled)) * (
+        batch.T @ projection - (projection @ projection) * g / norm
+    )
+    return hinge + spread
+
+
 def _health(loss_init: float, loss_final: float) -> float:
     return (loss_init - loss_final) / loss_init if loss_init > 0 else 0.0
-
-
-def _shift(model: nn.Module, shift: torch.Tensor | None) -> None:
-    """Add ``shift`` (flat, in state-dict order, as :func:`flat_grad`) to the parameters."""
-    if shift is None:
-        return
-    params = dict(model.named_parameters())
-    offset = 0
-    with torch.no_grad():
-        for key, value in model.state_dict(keep_vars=True).items():
-            if key in params:
-                params[key].add_(shift[offset : offset + value.numel()].view_as(value))
-            offset += value.numel()
-
-
-@contextlib.contextmanager
-def _shifted(model: nn.Module, shift: torch.Tensor) -> Iterator[None]:
-    """The model's parameters moved by ``shift`` inside, restored exactly after."""
-    saved = [p.detach().clone() for p in model.parameters()]
-    _shift(model, shift)
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for p, old in zip(model.parameters(), saved):
-                p.copy_(old)
 
 
 def objective_gradient(
@@ -127,27 +154,29 @@ def objective_gradient(
     model: nn.Module,
     variable: torch.Tensor,
     model_loss,
-    objective,
+    objective_grad,
+    weights: FrozenWeights | None = None,
 ) -> torch.Tensor:
-    """The gradient with respect to ``variable`` of ``objective(g)``, g = d model_loss / d theta.
+    """The gradient with respect to ``variable`` of an objective of g = d model_loss / d theta,
+    given its gradient ``objective_grad(g)`` = v.
 
-    By the chain rule it is J^T v with v = d objective / d g, the derivative of
+    By the chain rule it is J^T v, the derivative of
     <grad_theta loss, v> with respect to the input: a finite difference of the input
     gradient between theta + h v and theta (h moves theta by FD_STEP of its norm). One
     backward pass gives g and the input gradient at theta, a second one the input
     gradient at theta + h v: two ordinary backward passes instead of a double backward
     through the model (on an LSTM ten times faster), accurate to ~1e-3 relative (tests check 1e-2), which
-    Adam's crafting steps absorb.
+    Adam's crafting steps absorb. ``weights``: the model's :class:`FrozenWeights`, when
+    many gradients are taken at the same weights.
     """
-    g, at_theta = flat_grad(model, model_loss(), create_graph=False, inputs=variable)
-    g = g.detach().requires_grad_(True)
-    (v,) = torch.autograd.grad(objective(g), g)
+    weights = weights or FrozenWeights(model)
+    g, at_theta = weights.grad(model_loss(), create_graph=False, inputs=variable)
+    v = objective_grad(g.detach())
     v_norm = float(v.norm())
     if v_norm == 0:
         return torch.zeros_like(variable)
-    theta_norm = float(torch.cat([p.detach().reshape(-1) for p in model.parameters()]).norm())
-    h = FD_STEP * max(theta_norm, 1.0) / v_norm
-    with _shifted(model, h * v):
+    h = FD_STEP * max(weights.norm, 1.0) / v_norm
+    with weights.shifted(h * v):
         (moved,) = torch.autograd.grad(model_loss(), variable)
     return (moved - at_theta) / h
 
@@ -174,6 +203,7 @@ def craft_sample_canary(
     generator = torch.Generator().manual_seed(seed)
     y = torch.tensor([label])
     model.eval()
+    weights = FrozenWeights(model)
     text = input_kind == "long"
     if text:
         if not hasattr(model, "embedding") or not hasattr(model, "forward_embedded"):
@@ -195,12 +225,15 @@ def craft_sample_canary(
 
     def discrete_gradient() -> torch.Tensor:
         if not text:
-            return flat_grad(model, F.cross_entropy(model(variable[None]), y), create_graph=False).detach()
+            return weights.grad(F.cross_entropy(model(variable[None]), y), create_graph=False).detach()
         tokens = variable.argmax(dim=-1)
-        return flat_grad(model, F.cross_entropy(model(tokens[None]), y), create_graph=False).detach()
+        return weights.grad(F.cross_entropy(model(tokens[None]), y), create_graph=False).detach()
 
     def objective_on(batch: torch.Tensor):
         return lambda g: _objective(g, batch, clip_norm=clip_norm, norm_constant=norm_constant)
+
+    def objective_grad_on(batch: torch.Tensor):
+        return lambda g: _objective_grad(g, batch, clip_norm=clip_norm, norm_constant=norm_constant)
 
     evaluation = design.minibatch(rng=np.random.default_rng(seed + 1), size=design.count)
 
@@ -220,9 +253,10 @@ def craft_sample_canary(
         noise_seed = int(rng.integers(2**31)) if text else None
         variable.grad = objective_gradient(
             model=model,
+            weights=weights,
             variable=variable,
             model_loss=functools.partial(relaxed_loss, noise_seed),
-            objective=objective_on(batch),
+            objective_grad=objective_grad_on(batch),
         )
         optimizer.step()
         if step % CHECK_EVERY == 0 or step == iterations:

@@ -297,20 +297,19 @@ def _gaussian_estimate(
     n_bootstrap: int,
     seed: int,
 ) -> EpsilonEstimate:
-    point = float(
-        gaussians_epsilons(
-            mu_in=with_.mean(),
-            sigma_in=with_.std(ddof=1),
-            mu_out=without.mean(),
-            sigma_out=without.std(ddof=1),
-            delta=delta,
-        )
-    )
     rng = np.random.default_rng(seed)
     (mu_in, sigma_in), (mu_out, sigma_out) = (
         _resampled_moments(side, rng=rng, draws=n_bootstrap) for side in (with_, without)
     )
-    resampled = gaussians_epsilons(mu_in=mu_in, sigma_in=sigma_in, mu_out=mu_out, sigma_out=sigma_out, delta=delta)
+    # the fit itself first, then its resamples: solved together (each pair on its own)
+    point, *resampled = gaussians_epsilons(
+        mu_in=np.append(with_.mean(), mu_in),
+        sigma_in=np.append(with_.std(ddof=1), sigma_in),
+        mu_out=np.append(without.mean(), mu_out),
+        sigma_out=np.append(without.std(ddof=1), sigma_out),
+        delta=delta,
+    )
+    point = float(point)
     alpha = 1 - confidence
     # "inverted_cdf" picks order statistics, so infinite resamples never yield NaN.
     q_low, q_high = (float(q) for q in np.quantile(resampled, [alpha / 2, 1 - alpha / 2], method="inverted_cdf"))

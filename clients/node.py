@@ -29,8 +29,10 @@ import torch
 from flwr.supercore.differential_privacy import compute_clip_model_update
 
 from fedsim.clients.faults import hangs, inject_faults
+from fedsim.clients.lockstep import GROUP_USERS, MIN_USERS, trains_in_lockstep
 from fedsim.clients.work import TrainedClient, discard_runner, runner_for
 from fedsim.config import Scenario
+from fedsim.experiment import dataset_for, model_for, train_settings
 from fedsim.params import flatten_state
 from fedsim.strategies.aggregation import ContributionRule, clip_update, prepare_update
 
@@ -114,10 +116,12 @@ def round_requests(
     rule: ContributionRule,
     keep_updates: bool,
     deadline: float | None,
+    design_lockstep: bool = False,
 ) -> tuple[list[ShareRequest], int]:
     """A round's share requests and how many of them are the cohort's: the cohort in
     shares for ``nodes`` nodes, then the audit's design-pool users (each update kept and
-    clipped as the server clips, no faults) in shares the same way."""
+    clipped as the server clips, no faults) in shares the same way, or, when they train in
+    lockstep (``design_lockstep``, no deadline), in as few shares as lockstep groups."""
     cohort_requests = [
         ShareRequest(
             round_number=round_number,
@@ -137,9 +141,18 @@ def round_requests(
             deadline=deadline,
             sampled=False,
         )
-        for share in split_cohort(np.asarray(design_ids, dtype=int), nodes=nodes)
+        for share in split_cohort(
+            np.asarray(design_ids, dtype=int),
+            nodes=-(-len(design_ids) // GROUP_USERS) if design_lockstep and deadline is None else nodes,
+        )
     ]
     return cohort_requests + design_requests, len(cohort_requests)
+
+
+def lockstep_design(scenario: Scenario) -> bool:
+    """Whether the scenario's clients train in lockstep, so that its design-pool users go
+    in as few shares as lockstep groups (:func:`round_requests`)."""
+    return trains_in_lockstep(model_for(scenario, dataset_for(scenario)), train_settings(scenario))
 
 
 def node_count(scenario: Scenario) -> int:
@@ -164,14 +177,13 @@ def _prepare(trained: TrainedClient, *, start_arrays: list[np.ndarray], start_fl
     return prepare_update(trained.update, norm=trained.update_norm, rule=rule)
 
 
-def _one_step_outcomes(
-    scenario: Scenario, state: dict[str, torch.Tensor], request: ShareRequest, start_flat: np.ndarray, client_ids
-):
-    """Yield (client id, TrainedClient or the exception it raised) for clients that take
-    one SGD step, trained together (fedsim.clients.batched)."""
+def _together_outcomes(scenario: Scenario, request: ShareRequest, client_ids: list[int], train_together):
+    """Yield (client id, TrainedClient or the exception it raised) for clients trained
+    together by ``train_together(client_ids)``: a client whose faults fire fails alone,
+    before; if the training together raises, each client it had not yet yielded fails."""
     ready = []
     for client_id in client_ids:
-        try:  # a failing client fails alone (hanging ones are trained one by one)
+        try:
             if request.sampled:  # design-pool users never fail on purpose
                 inject_faults(
                     faults=scenario.faults, seed=scenario.seed, client_id=client_id, round_number=request.round_number
@@ -179,15 +191,14 @@ def _one_step_outcomes(
             ready.append(client_id)
         except Exception as error:  # noqa: BLE001 - a failing client, reported to the server
             yield client_id, error
-    if ready:
-        trained = runner_for(scenario).train_one_steps(
-            start=state,
-            client_ids=ready,
-            round_number=request.round_number,
-            start_flat=start_flat,
-            keep_arrays=request.rule.client_clips,
-        )
-        yield from zip(ready, trained)
+    done = 0
+    try:
+        for trained in train_together(ready) if ready else ():
+            yield ready[done], trained
+            done += 1
+    except Exception as error:  # noqa: BLE001 - reported to the server for each client
+        for client_id in ready[done:]:
+            yield client_id, error
 
 
 def _outcomes(
@@ -243,22 +254,27 @@ def _outcomes(
 
 def train_share(*, scenario: Scenario, state: dict[str, torch.Tensor], request: ShareRequest) -> ShareResult:
     """Train a share's clients from ``state`` and sum their prepared updates: first those
-    that take one SGD step (together), then the others one by one, each group in client
-    order; reports (and kept updates) in client order."""
+    that take one SGD step (together), then, for a dense model without a deadline, the
+    others in lockstep (fedsim.clients.lockstep; at least ``MIN_USERS`` of them), else one
+    by one; each group in client order; reports (and kept updates) in client order."""
     start_arrays = [value.detach().cpu().numpy() for value in state.values()]
     start_flat = flatten_state(state)
     rule = request.rule
     runner = runner_for(scenario)
-    together = [
+    eligible = [
         cid
         for cid in request.client_ids
-        if runner.takes_one_step(cid)
-        and not (request.sampled and hangs(faults=scenario.faults, client_id=cid, round_number=request.round_number))
-    ]
-    alone = [cid for cid in request.client_ids if cid not in together]
+        if not (request.sampled and hangs(faults=scenario.faults, client_id=cid, round_number=request.round_number))
+    ]  # hanging clients are trained one by one (so that the deadline can give up on them)
+    one_step = [cid for cid in eligible if runner.takes_one_step(cid)]
+    rest = [cid for cid in eligible if cid not in one_step]
+    lockstep = rest if runner.lockstep and request.deadline is None and len(rest) >= MIN_USERS else []
+    alone = [cid for cid in request.client_ids if cid not in one_step and cid not in lockstep]
     total, weight, failed, answered = np.zeros_like(start_flat), 0.0, {}, {}
+    common = dict(start=state, round_number=request.round_number, start_flat=start_flat, keep_arrays=rule.client_clips)
     outcomes = itertools.chain(
-        _one_step_outcomes(scenario, state, request, start_flat, together),
+        _together_outcomes(scenario, request, one_step, lambda ids: runner.train_one_steps(client_ids=ids, **common)),
+        _together_outcomes(scenario, request, lockstep, lambda ids: runner.train_lockstep(client_ids=ids, **common)),
         _outcomes(scenario, state, request, start_flat, alone),
     )
     for client_id, outcome in outcomes:

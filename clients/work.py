@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from fedsim.clients.batched import CHUNK_USERS, UserSamples, supports, takes_one_step, user_gradients
+from fedsim.clients.lockstep import train_lockstep, trains_in_lockstep
 from fedsim.clients.training import evaluate_client, make_optimizer, train_client
 from fedsim.config import Scenario
 from fedsim.experiment import dataset_for, model_for, train_settings
@@ -47,6 +48,7 @@ class ClientRunner:
         self.model = model_for(scenario, self.dataset).to(scenario.device)
         self.optimizer = make_optimizer(self.model, self.settings)
         self.batchable = supports(self.model)
+        self.lockstep = trains_in_lockstep(self.model, self.settings)
 
     def train(
         self,
@@ -107,25 +109,58 @@ class ClientRunner:
             grads, losses = user_gradients(self.model, users, batch_size=self.settings.batch_size)
             for row, (client_id, client_data) in enumerate(zip(chunk, data)):
                 with torch.no_grad():  # the step SGD takes: weight - lr * gradient
-                    trained = [
-                        weights[name].add(grads[name][row], alpha=-self.settings.lr).numpy()
+                    trained = {
+                        name: weights[name].add(grads[name][row], alpha=-self.settings.lr)
                         for name in self.model.state_dict()
-                    ]
-                update = np.concatenate([array.ravel() for array in trained], dtype=np.float64)
-                np.subtract(update, start_flat, out=update)
-                yield TrainedClient(
-                    client_id,
-                    update,
-                    client_data.num_train,
-                    float(losses[row]),
-                    float(np.linalg.norm(update)),
-                    arrays=trained if keep_arrays else None,
+                    }
+                yield _trained_client(
+                    client_id, trained, client_data.num_train, float(losses[row]), start_flat, keep_arrays=keep_arrays
                 )
+
+    def train_lockstep(
+        self,
+        *,
+        start: dict[str, torch.Tensor],
+        client_ids: list[int],
+        round_number: int,
+        start_flat: np.ndarray,
+        keep_arrays: bool = False,
+    ) -> Iterator[TrainedClient]:
+        """Clients of a model that trains in lockstep (:attr:`lockstep`), trained together
+        (fedsim.clients.lockstep); yields them in ``client_ids`` order."""
+        self.model.load_state_dict(start)
+        data = [self.dataset.client(cid) for cid in client_ids]
+        seeds = [client_seed(seed=self.scenario.seed, round_number=round_number, client_id=c) for c in client_ids]
+        trained = train_lockstep(
+            self.model, [(d.x_train, d.y_train, seed) for d, seed in zip(data, seeds)], settings=self.settings
+        )
+        for client_id, client_data, result in zip(client_ids, data, trained):
+            yield _trained_client(
+                client_id, result.weights, client_data.num_train, result.mean_loss, start_flat, keep_arrays=keep_arrays
+            )
 
     def scores(self, *, state: dict[str, torch.Tensor], client_ids: list[int]) -> list[tuple[float, int, int]]:
         """Each client's summed loss, correct predictions and count on its held-out samples."""
         self.model.load_state_dict(state)
         return [evaluate_client(model=self.model, data=self.dataset.client(int(cid))) for cid in client_ids]
+
+
+def _trained_client(
+    client_id: int,
+    weights: dict[str, torch.Tensor],
+    num_examples: int,
+    train_loss: float,
+    start_flat: np.ndarray,
+    *,
+    keep_arrays: bool,
+) -> TrainedClient:
+    """A client trained outside the shared model: ``weights`` (every state-dict entry, in
+    its order) minus the start."""
+    trained = [value.numpy() for value in weights.values()]
+    update = np.concatenate([array.ravel() for array in trained], dtype=np.float64)
+    np.subtract(update, start_flat, out=update)
+    norm = float(np.linalg.norm(update))
+    return TrainedClient(client_id, update, num_examples, train_loss, norm, arrays=trained if keep_arrays else None)
 
 
 def total_scores(scores: list[tuple[float, int, int]]) -> tuple[float, int, int]:

@@ -7,7 +7,14 @@ import torch
 from torch import nn
 
 import fedsim.canaries.design as design_module
-from fedsim.canaries.craft import _objective, craft_sample_canary, craft_update_canary, flat_grad, objective_gradient
+from fedsim.canaries.craft import (
+    _objective,
+    _objective_grad,
+    craft_sample_canary,
+    craft_update_canary,
+    flat_grad,
+    objective_gradient,
+)
 from fedsim.canaries.design import DesignPool
 from fedsim.models import build_model
 
@@ -90,9 +97,24 @@ def test_crafting_gradient_equals_the_double_backward(text):
     objective = lambda g: _objective(g, batch, clip_norm=1.0, norm_constant=5.0)  # noqa: E731
     (reference,) = torch.autograd.grad(objective(flat_grad(model, loss_of(), create_graph=True)), variable)
     before = [p.detach().clone() for p in model.parameters()]
-    estimate = objective_gradient(model=model, variable=variable, model_loss=loss_of, objective=objective)
+    estimate = objective_gradient(
+        model=model,
+        variable=variable,
+        model_loss=loss_of,
+        objective_grad=lambda g: _objective_grad(g, batch, clip_norm=1.0, norm_constant=5.0),
+    )
     assert float((estimate - reference).norm()) < 1e-2 * float(reference.norm())
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the model is restored
+
+
+@pytest.mark.parametrize("norm_constant", [0.1, 50.0])  # the hinge inactive and active
+def test_the_closed_form_objective_gradient_equals_autograd(norm_constant):
+    generator = torch.Generator().manual_seed(0)
+    g, batch = torch.randn(300, generator=generator), torch.randn(16, 300, generator=generator)
+    leaf = g.clone().requires_grad_(True)
+    (reference,) = torch.autograd.grad(_objective(leaf, batch, clip_norm=0.7, norm_constant=norm_constant), leaf)
+    closed = _objective_grad(g, batch, clip_norm=0.7, norm_constant=norm_constant)
+    assert float((closed - reference).norm()) < 1e-5 * float(reference.norm())
 
 
 def test_update_canary_is_nearly_orthogonal_to_design_updates():

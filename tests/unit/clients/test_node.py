@@ -56,11 +56,13 @@ def _fresh_training(scenario, state, client_id, round_number):
 
 
 @pytest.mark.parametrize("mode", ["server_fixed", "client_fixed", "none"])
-def test_a_share_sums_each_clients_update_prepared_on_its_own(project_root, mode):
+def test_a_share_sums_each_clients_update_prepared_on_its_own(project_root, mode, monkeypatch):
     """Against the clients trained one by one on fresh models: the same updates bit for
     bit, each clipped on its own (client-side: Flower's fixedclipping_mod helper on that
-    client's weights), summed in order (weighted by examples without DP)."""
+    client's weights), summed in order (weighted by examples without DP). (The share's
+    clients train one by one here; in lockstep: tests/unit/clients/test_lockstep.py.)"""
     scenario = _scenario(project_root, f"dp.mode={mode}", "dp.clip_norm=0.05")
+    monkeypatch.setattr(runner_for(scenario), "lockstep", False)
     loop = RoundLoop(scenario=scenario)
     state, rule = loop.state(), loop.aggregator.rule
     start_arrays = [v.numpy() for v in state.values()]

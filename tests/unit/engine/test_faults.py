@@ -90,7 +90,15 @@ def test_a_round_whose_design_pool_users_all_fail_goes_on_unaudited(tmp_path, pr
             raise MemoryError("design-pool user out of memory")
         return real_train(self, client_id=client_id, round_number=round_number, **kwargs)
 
+    real_lockstep = ClientRunner.train_lockstep
+
+    def crashing_lockstep(self, *, client_ids, round_number, **kwargs):  # the design pool's share trains in lockstep
+        if max(client_ids) >= scenario.data.num_clients and round_number == 1:
+            raise MemoryError("design-pool users out of memory")
+        return real_lockstep(self, client_ids=client_ids, round_number=round_number, **kwargs)
+
     monkeypatch.setattr(ClientRunner, "train", crashing_design_pool)
+    monkeypatch.setattr(ClientRunner, "train_lockstep", crashing_lockstep)
     rows = run_scenario(scenario=scenario, out_dir=tmp_path, engine="inprocess").rows
     assert [row.round for row in rows] == [1, 2]
     assert rows[0].epsilon_round_empirical is None and rows[0].epsilon_cumulative_theory > 0

@@ -1,0 +1,139 @@
+"""Clients trained in lockstep (one batched SGD step of all of them at a time) against
+the same clients trained one by one on fresh models."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import fedsim.clients.lockstep as lockstep_module
+from fedsim.clients.lockstep import train_lockstep, trains_in_lockstep
+from fedsim.clients.node import ShareRequest, round_requests, train_share
+from fedsim.clients.training import train_client
+from fedsim.clients.work import ClientRunner
+from fedsim.config import load_scenario
+from fedsim.experiment import dataset_for, model_for, train_settings
+from fedsim.loop import RoundLoop
+from fedsim.params import flatten_state
+from fedsim.seeding import client_seed
+from fedsim.strategies.aggregation import ContributionRule
+
+SMALL = ["rounds=2", "clients_per_round=5", "data.num_clients=20", "data.design_pool=4", "audit.enabled=false"]
+
+
+def _scenario(project_root, *overrides, name="quickstart"):
+    return load_scenario(project_root / "scenarios" / f"{name}.yaml", overrides=[*SMALL, *overrides])
+
+
+def _alone(scenario, state, client_id, seed):
+    """The reference: a fresh model trained on one client, its weights and report."""
+    dataset = dataset_for(scenario)
+    model = model_for(scenario, dataset)
+    model.load_state_dict(state)
+    result = train_client(model=model, data=dataset.client(client_id), settings=train_settings(scenario), seed=seed)
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}, result
+
+
+def _close(update, expected, rel=1e-5):
+    return float(np.linalg.norm(np.asarray(update) - np.asarray(expected))) <= rel * float(np.linalg.norm(expected))
+
+
+@pytest.mark.parametrize(("model", "momentum"), [("logreg", 0.0), ("mlp", 0.5)])
+def test_lockstep_training_equals_each_client_trained_alone(project_root, monkeypatch, model, momentum):
+    """Clients of 1 to many steps (2 epochs of batches of 10), in lockstep groups of 5: each
+    client's weights and mean loss those of its own training, to float rounding."""
+    monkeypatch.setattr(lockstep_module, "GROUP_USERS", 5)
+    scenario = _scenario(project_root, f"model.name={model}", f"client.momentum={momentum}", "client.epochs=2")
+    dataset, settings = dataset_for(scenario), train_settings(scenario)
+    shared = model_for(scenario, dataset)
+    start = {name: value.clone() for name, value in shared.state_dict().items()}
+    ids = list(range(12))
+    steps = {2 * -(-dataset.num_train_samples(c) // settings.batch_size) for c in ids}
+    assert len(steps) >= 4  # groups and finished clients inside a group are exercised
+    clients = [(dataset.client(c).x_train, dataset.client(c).y_train, 100 + c) for c in ids]
+    trained = train_lockstep(shared, clients, settings=settings)
+    assert all(torch.equal(start[name], value) for name, value in shared.state_dict().items())  # left unchanged
+    for client_id, result in zip(ids, trained):
+        weights, reference = _alone(scenario, start, client_id, 100 + client_id)
+        for name, value in weights.items():
+            assert _close(result.weights[name] - start[name], value - start[name])
+        assert result.mean_loss == pytest.approx(reference.mean_loss, rel=1e-5)
+
+
+def test_only_dense_models_trained_with_plain_sgd_train_in_lockstep(project_root):
+    def lockstep(*overrides, name="quickstart"):
+        scenario = _scenario(project_root, *overrides, name=name)
+        return trains_in_lockstep(model_for(scenario, dataset_for(scenario)), train_settings(scenario))
+
+    assert lockstep() and lockstep("model.name=mlp", "client.momentum=0.9")
+    assert not lockstep("client.optimizer=adam")
+    assert not lockstep("dp.mode=local_dpsgd", "audit.enabled=false")
+    assert not lockstep("data.design_pool=4", name="digits")  # a CNN
+
+
+@pytest.mark.parametrize("mode", ["server_fixed", "client_fixed"])
+def test_a_share_trained_in_lockstep_sums_each_clients_update_prepared_on_its_own(project_root, monkeypatch, mode):
+    """A share of five clients of a dense model trains in lockstep: each prepared update
+    that of the client trained alone and clipped on its own (to float rounding), summed in
+    client order. With a deadline the same share trains one by one (the node can give up
+    on a late client), bit for bit as alone."""
+    scenario = _scenario(project_root, f"dp.mode={mode}", "dp.clip_norm=0.05")
+    loop = RoundLoop(scenario=scenario)
+    state, rule = loop.state(), loop.aggregator.rule
+    start = flatten_state(state)
+    calls = []
+    real = ClientRunner.train_lockstep
+
+    def spy(self, *, client_ids, **kwargs):
+        calls.append(list(client_ids))
+        return real(self, client_ids=client_ids, **kwargs)
+
+    monkeypatch.setattr(ClientRunner, "train_lockstep", spy)
+    ids = [0, 1, 2, 3, 4]
+    share = train_share(
+        scenario=scenario,
+        state=state,
+        request=ShareRequest(round_number=1, client_ids=ids, rule=rule, keep_updates=True),
+    )
+    timed = train_share(
+        scenario=scenario,
+        state=state,
+        request=ShareRequest(round_number=1, client_ids=ids, rule=rule, keep_updates=True, deadline=time.time() + 60),
+    )
+    assert calls == [ids]  # the first share only
+    assert [r.client_id for r in share.reports] == ids == [r.client_id for r in timed.reports]
+    np.testing.assert_array_equal(share.total, share.updates.sum(axis=0))
+    for row, client_id in enumerate(ids):
+        weights, _ = _alone(
+            scenario, state, client_id, client_seed(seed=scenario.seed, round_number=1, client_id=client_id)
+        )
+        update = flatten_state(weights) - start
+        clipped = update * min(1.0, 0.05 / np.linalg.norm(update))
+        assert np.linalg.norm(share.updates[row]) <= 0.05 * (1 + 1e-9)
+        assert _close(share.updates[row], clipped)
+        assert share.reports[row].update_norm == pytest.approx(np.linalg.norm(update), rel=1e-5)
+        assert _close(timed.updates[row], clipped)
+        if mode == "server_fixed":  # one by one: bit for bit
+            np.testing.assert_array_equal(timed.updates[row], clipped)
+
+
+def test_design_pool_users_that_train_in_lockstep_go_in_one_share_per_lockstep_group():
+    def design_shares(count, *, lockstep, deadline=None):
+        requests, cohort_shares = round_requests(
+            round_number=1,
+            cohort=np.arange(10),
+            design_ids=list(range(100, 100 + count)),
+            nodes=10,
+            rule=ContributionRule(clip_norm=1.0),
+            keep_updates=True,
+            deadline=deadline,
+            design_lockstep=lockstep,
+        )
+        assert cohort_shares == 10
+        return [len(request.client_ids) for request in requests[cohort_shares:]]
+
+    assert design_shares(20, lockstep=False) == [2] * 10
+    assert design_shares(20, lockstep=True) == [20]
+    assert design_shares(40, lockstep=True) == [20, 20]  # groups of at most 32
+    assert design_shares(20, lockstep=True, deadline=time.time() + 60) == [2] * 10  # lockstep needs no deadline
