@@ -42,14 +42,14 @@ class Trained:
     mean_loss: float
 
 
-def trains_in_lockstep(model: nn.Module, settings: TrainSettings) -> bool:
-    """Whether :func:`train_lockstep` reproduces this model's and these settings' training:
-    dense layers only on the CPU, plain SGD (momentum allowed), no local DP-SGD."""
+def trains_in_lockstep(*, model: nn.Module, settings: TrainSettings, device: str) -> bool:
+    """Whether clients of ``model`` trained with ``settings`` on ``device`` train in lockstep:
+    dense layers only, on the CPU, SGD (momentum allowed), no local DP-SGD."""
     return (
-        settings.optimizer == "sgd"
+        device == "cpu"
+        and settings.optimizer == "sgd"
         and settings.dpsgd_noise_multiplier is None
         and not list(model.buffers())
-        and next(model.parameters()).device.type == "cpu"
         and all(type(module) in _DENSE for module in model.modules())
     )
 

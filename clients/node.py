@@ -152,7 +152,8 @@ def round_requests(
 def lockstep_design(scenario: Scenario) -> bool:
     """Whether the scenario's clients train in lockstep, so that its design-pool users go
     in as few shares as lockstep groups (:func:`round_requests`)."""
-    return trains_in_lockstep(model_for(scenario, dataset_for(scenario)), train_settings(scenario))
+    model = model_for(scenario, dataset_for(scenario))
+    return trains_in_lockstep(model=model, settings=train_settings(scenario), device=scenario.device)
 
 
 def node_count(scenario: Scenario) -> int:

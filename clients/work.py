@@ -48,7 +48,7 @@ class ClientRunner:
         self.model = model_for(scenario, self.dataset).to(scenario.device)
         self.optimizer = make_optimizer(self.model, self.settings)
         self.batchable = supports(self.model)
-        self.lockstep = trains_in_lockstep(self.model, self.settings)
+        self.lockstep = trains_in_lockstep(model=self.model, settings=self.settings, device=scenario.device)
 
     def train(
         self,

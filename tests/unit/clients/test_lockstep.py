@@ -62,11 +62,13 @@ def test_lockstep_training_equals_each_client_trained_alone(project_root, monkey
 
 
 def test_only_dense_models_trained_with_plain_sgd_train_in_lockstep(project_root):
-    def lockstep(*overrides, name="quickstart"):
+    def lockstep(*overrides, name="quickstart", device="cpu"):
         scenario = _scenario(project_root, *overrides, name=name)
-        return trains_in_lockstep(model_for(scenario, dataset_for(scenario)), train_settings(scenario))
+        model, settings = model_for(scenario, dataset_for(scenario)), train_settings(scenario)
+        return trains_in_lockstep(model=model, settings=settings, device=device)
 
     assert lockstep() and lockstep("model.name=mlp", "client.momentum=0.9")
+    assert not lockstep(device="cuda")
     assert not lockstep("client.optimizer=adam")
     assert not lockstep("dp.mode=local_dpsgd", "audit.enabled=false")
     assert not lockstep("data.design_pool=4", name="digits")  # a CNN
