@@ -117,7 +117,7 @@ class FlowerTransport:
             deadline=None if timeout_s is None else time.time() + timeout_s,
             design_lockstep=self.design_lockstep,
         )
-        lanes = [list(range(lane, len(requests), self.lanes)) for lane in range(min(self.lanes, len(requests)))]
+        lanes = balanced_lanes([len(request.client_ids) for request in requests], lanes=self.lanes)
         messages = [
             Message(
                 content=request_content(arrays=arrays, requests={index: requests[index] for index in lane}),
@@ -169,6 +169,21 @@ class FlowerTransport:
         chunk_of = {message.metadata.message_id: i for i, message in enumerate(messages)}
         scores = dict(sorted((chunk_of[r.metadata.reply_to_message_id], read_scores(r.content)) for r in replies))
         return total_scores([score for chunk in scores.values() for score in chunk])
+
+
+def balanced_lanes(sizes: list[int], *, lanes: int) -> list[list[int]]:
+    """Share indices per lane (at most ``lanes``, none empty): the largest share first, each
+    to the lane with the fewest clients so far (ties: the first such lane); each lane's in
+    share order. Which lane carries a share changes no number (results are put together in
+    share order), only how evenly the actors are busy: a round's design pool travels as one
+    large share beside many small cohort shares."""
+    loads = [0] * max(1, min(lanes, len(sizes)))
+    shares: list[list[int]] = [[] for _ in loads]
+    for index in sorted(range(len(sizes)), key=lambda i: -sizes[i]):  # stable: equal sizes in share order
+        lane = loads.index(min(loads))
+        shares[lane].append(index)
+        loads[lane] += sizes[index]
+    return [sorted(lane) for lane in shares if lane]
 
 
 def _actors(scenario: Scenario) -> int | None:

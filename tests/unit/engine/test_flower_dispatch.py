@@ -1,6 +1,7 @@
 """fedsim's shorter wait in Flower's message dispatch: it replaces Flower's loop only while
 a simulation runs, does what Flower's loop does, and Flower's loop is still the one it
-replaces (a Flower upgrade that changes it fails here)."""
+replaces (a Flower upgrade that changes it fails here); and how shares are spread over the
+lanes (messages) of a round."""
 
 import inspect
 import queue
@@ -8,7 +9,7 @@ import threading
 
 from flwr.server.superlink.fleet.vce import vce_api
 
-from fedsim.server import DISPATCH_INTERVAL_S, quick_dispatch
+from fedsim.server import DISPATCH_INTERVAL_S, balanced_lanes, quick_dispatch
 
 
 def test_flowers_dispatch_loop_is_still_the_one_fedsim_replaces():
@@ -57,3 +58,14 @@ def test_quick_dispatch_queues_every_nodes_messages_with_short_waits_and_restore
     assert vce_api.add_messages_to_queue is flowers
     assert [out.get_nowait() for _ in range(out.qsize())] == ["a1", "b1", "a2"]  # one per node a look
     assert stop.waits == [DISPATCH_INTERVAL_S] * 3 and DISPATCH_INTERVAL_S < 0.1
+
+
+def test_shares_go_to_the_least_loaded_lane_largest_first():
+    """A round's one large design-pool share beside ten one-client cohort shares: the large
+    one travels alone and the cohort on the other lane (round-robin put five cohort
+    clients beside it); equal shares still alternate; every share on exactly one lane, each
+    lane's in share order."""
+    assert balanced_lanes([1] * 10 + [20], lanes=2) == [[10], list(range(10))]
+    assert balanced_lanes([1] * 10, lanes=2) == [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]]
+    assert balanced_lanes([2, 2, 2, 1, 1], lanes=2) == [[0, 2], [1, 3, 4]]
+    assert balanced_lanes([3, 1], lanes=8) == [[0], [1]] and balanced_lanes([], lanes=2) == []
