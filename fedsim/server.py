@@ -67,10 +67,10 @@ def quick_dispatch() -> Iterator[None]:
 class FlowerTransport:
     """Reaches clients through Flower's Grid. A round's cohort is split into one share per
     supernode (``ray.num_nodes``, as the in-process engine splits it), and the shares go
-    out in one train message per Ray actor that can run at once ("lane"), the shares spread
-    over the lanes by their client counts (:func:`balanced_lanes`): Flower's overhead (~13 ms a message here, besides its 0.1 s
-    dispatch poll) is paid per lane and round, and the sums stay those of the shares, so
-    the numbers do not depend on the cluster's size. Evaluation is spread over the lanes
+    out in one train message per Ray actor that can run at once ("lane"), spread over the
+    lanes by their client counts (:func:`balanced_lanes`): Flower's overhead (~13 ms a
+    message here, besides its 0.1 s dispatch poll) is paid per lane and round, and the
+    sums stay those of the shares, so the numbers do not depend on the cluster's size. Evaluation is spread over the lanes
     in chunks of client ids. ``hosts`` collects, per round, the Ray node each reply came
     from."""
 
