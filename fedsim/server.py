@@ -70,9 +70,9 @@ class FlowerTransport:
     out in one train message per Ray actor that can run at once ("lane"), spread over the
     lanes by their client counts (:func:`balanced_lanes`): Flower's overhead (~13 ms a
     message here, besides its 0.1 s dispatch poll) is paid per lane and round, and the
-    sums stay those of the shares, so the numbers do not depend on the cluster's size. Evaluation is spread over the lanes
-    in chunks of client ids. ``hosts`` collects, per round, the Ray node each reply came
-    from."""
+    sums stay those of the shares, so the numbers do not depend on the cluster's size.
+    Evaluation is spread over the lanes in chunks of client ids. ``hosts`` collects, per
+    round, the Ray node each reply came from."""
 
     def __init__(self, *, grid: Grid, scenario: Scenario, expected_nodes: int) -> None:
         self.grid = grid
