@@ -114,14 +114,6 @@ class FrozenWeights:
                     param.copy_(old)
 
 
-def flat_grad(
-    model: nn.Module, loss: torch.Tensor, *, create_graph: bool, inputs: torch.Tensor | None = None
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Gradient of ``loss`` w.r.t. the model, flattened in state-dict order (zeros for
-    buffers); with ``inputs``, also the gradient w.r.t. them, from the same backward pass."""
-    return FrozenWeights(model).grad(loss, create_graph=create_graph, inputs=inputs)
-
-
 def _objective(g: torch.Tensor, batch: torch.Tensor, *, clip_norm: float, norm_constant: float) -> torch.Tensor:
     norm = g.norm()
     projection = batch @ (clip_norm * g / (norm + 1e-12))
@@ -151,11 +143,10 @@ def _health(loss_init: float, loss_final: float) -> float:
 
 def objective_gradient(
     *,
-    model: nn.Module,
+    weights: FrozenWeights,
     variable: torch.Tensor,
     model_loss,
     objective_grad,
-    weights: FrozenWeights | None = None,
 ) -> torch.Tensor:
     """The gradient with respect to ``variable`` of an objective of g = d model_loss / d theta,
     given its gradient ``objective_grad(g)`` = v.
@@ -166,10 +157,8 @@ def objective_gradient(
     backward pass gives g and the input gradient at theta, a second one the input
     gradient at theta + h v: two ordinary backward passes instead of a double backward
     through the model (on an LSTM ten times faster), accurate to ~1e-3 relative (tests check 1e-2), which
-    Adam's crafting steps absorb. ``weights``: the model's :class:`FrozenWeights`, when
-    many gradients are taken at the same weights.
+    Adam's crafting steps absorb. ``weights``: the model's :class:`FrozenWeights`.
     """
-    weights = weights or FrozenWeights(model)
     g, at_theta = weights.grad(model_loss(), create_graph=False, inputs=variable)
     v = objective_grad(g.detach())
     v_norm = float(v.norm())
@@ -252,7 +241,6 @@ def craft_sample_canary(
         batch = design.minibatch(rng=rng, size=batch_size)
         noise_seed = int(rng.integers(2**31)) if text else None
         variable.grad = objective_gradient(
-            model=model,
             weights=weights,
             variable=variable,
             model_loss=functools.partial(relaxed_loss, noise_seed),

@@ -66,7 +66,7 @@ class ClientRunner:
             model=self.model,
             data=self.dataset.client(client_id),
             settings=self.settings,
-            seed=client_seed(seed=self.scenario.seed, round_number=round_number, client_id=client_id),
+            seed=self._seed(client_id, round_number),
             optimizer=self.optimizer,
         )
         trained = [value.detach().cpu().numpy() for value in self.model.state_dict().values()]
@@ -77,6 +77,10 @@ class ClientRunner:
         return TrainedClient(
             client_id, update, result.num_examples, result.mean_loss, norm, result.noise_std, arrays=arrays
         )
+
+    def _seed(self, client_id: int, round_number: int) -> int:
+        """The seed of a client's local training in a round."""
+        return client_seed(seed=self.scenario.seed, round_number=round_number, client_id=client_id)
 
     def takes_one_step(self, client_id: int) -> bool:
         """Whether this client's training is one plain SGD step that :meth:`train_one_steps`
@@ -100,12 +104,7 @@ class ClientRunner:
         for first in range(0, len(client_ids), CHUNK_USERS):
             chunk = client_ids[first : first + CHUNK_USERS]
             data = [self.dataset.client(cid) for cid in chunk]
-            users = [
-                UserSamples(
-                    d.x_train, d.y_train, client_seed(seed=self.scenario.seed, round_number=round_number, client_id=c)
-                )
-                for c, d in zip(chunk, data)
-            ]
+            users = [UserSamples(d.x_train, d.y_train, self._seed(c, round_number)) for c, d in zip(chunk, data)]
             grads, losses = user_gradients(self.model, users, batch_size=self.settings.batch_size)
             for row, (client_id, client_data) in enumerate(zip(chunk, data)):
                 with torch.no_grad():  # the step SGD takes: weight - lr * gradient
@@ -130,9 +129,10 @@ class ClientRunner:
         (fedsim.clients.lockstep); yields them in ``client_ids`` order."""
         self.model.load_state_dict(start)
         data = [self.dataset.client(cid) for cid in client_ids]
-        seeds = [client_seed(seed=self.scenario.seed, round_number=round_number, client_id=c) for c in client_ids]
         trained = train_lockstep(
-            self.model, [(d.x_train, d.y_train, seed) for d, seed in zip(data, seeds)], settings=self.settings
+            self.model,
+            [(d.x_train, d.y_train, self._seed(c, round_number)) for c, d in zip(client_ids, data)],
+            settings=self.settings,
         )
         for client_id, client_data, result in zip(client_ids, data, trained):
             yield _trained_client(

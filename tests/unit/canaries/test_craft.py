@@ -8,11 +8,11 @@ from torch import nn
 
 import fedsim.canaries.design as design_module
 from fedsim.canaries.craft import (
+    FrozenWeights,
     _objective,
     _objective_grad,
     craft_sample_canary,
     craft_update_canary,
-    flat_grad,
     objective_gradient,
 )
 from fedsim.canaries.design import DesignPool
@@ -51,7 +51,7 @@ def test_sample_canary_meets_the_norm_and_has_small_projection():
     assert canary.health > 0.5 and canary.loss_final < canary.loss_init
     # recompute the canary's gradient independently: its norm reaches C_norm
     loss = nn.functional.cross_entropy(model(canary.x[None]), torch.tensor([canary.y]))
-    g = flat_grad(model, loss, create_graph=False)
+    g = FrozenWeights(model).grad(loss, create_graph=False)
     assert float(g.norm()) >= 5.0 * 0.95
     unit = (g / g.norm()).numpy()
     random_unit = rng.normal(size=dim)
@@ -95,10 +95,10 @@ def test_crafting_gradient_equals_the_double_backward(text):
     dim = sum(p.numel() for p in model.parameters())
     batch = torch.randn(8, dim) * 0.1
     objective = lambda g: _objective(g, batch, clip_norm=1.0, norm_constant=5.0)  # noqa: E731
-    (reference,) = torch.autograd.grad(objective(flat_grad(model, loss_of(), create_graph=True)), variable)
+    (reference,) = torch.autograd.grad(objective(FrozenWeights(model).grad(loss_of(), create_graph=True)), variable)
     before = [p.detach().clone() for p in model.parameters()]
     estimate = objective_gradient(
-        model=model,
+        weights=FrozenWeights(model),
         variable=variable,
         model_loss=loss_of,
         objective_grad=lambda g: _objective_grad(g, batch, clip_norm=1.0, norm_constant=5.0),
