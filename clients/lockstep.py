@@ -4,15 +4,16 @@ A small dense model (logistic regression, an MLP) spends most of a local SGD ste
 per-call overhead, not arithmetic, so training its clients one after the other pays that
 overhead once per client and step. Here every client of a group keeps its own copy of
 the weights (stacked), and step t of all clients still training is one batched forward
-(``torch.func.vmap`` over the copies) and one backward pass: each client's batch t of its
+(batched matrix products over the copies) and one backward pass: each client's batch t of its
 own shuffled schedule (the batches :func:`fedsim.clients.training.shuffled_batches`
 draws from its seed, epoch after epoch), its mean loss, its own SGD step (with momentum
 as ``torch.optim.SGD`` takes it). Clients are ordered by their number of steps, so the
 ones still training are a prefix of the stack and finished ones cost nothing.
 
 Each client's trained weights equal its client-by-client training's up to float rounding
-(tests check updates to 1e-5 relative); only models of dense layers are trained this way
-(convolutions under ``vmap`` gained little and drifted more).
+(tests check updates to 1e-5 relative); only ``nn.Sequential`` models of dense layers and
+elementwise activations are trained this way (convolutions under ``torch.func.vmap``
+gained little and drifted more).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, vmap
 
 from fedsim.clients.training import TrainSettings, shuffled_batches
 
@@ -31,7 +31,8 @@ GROUP_USERS = 32
 #: fewer clients than this train one after the other (a lockstep step costs ~2 plain ones)
 MIN_USERS = 4
 
-_DENSE = (nn.Sequential, nn.Flatten, nn.Linear, nn.Identity, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.ELU)
+#: the layers a lockstep model may stack in its ``nn.Sequential`` (:func:`_forward` runs them)
+_LAYERS = (nn.Flatten, nn.Linear, nn.Identity, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.ELU)
 
 
 @dataclass(frozen=True)
@@ -44,13 +45,15 @@ class Trained:
 
 def trains_in_lockstep(*, model: nn.Module, settings: TrainSettings, device: str) -> bool:
     """Whether clients of ``model`` trained with ``settings`` on ``device`` train in lockstep:
-    dense layers only, on the CPU, SGD (momentum allowed), no local DP-SGD."""
+    a sequence of dense layers and activations, on the CPU, SGD (momentum allowed), no
+    local DP-SGD."""
     return (
         device == "cpu"
         and settings.optimizer == "sgd"
         and settings.dpsgd_noise_multiplier is None
         and not list(model.buffers())
-        and all(type(module) in _DENSE for module in model.modules())
+        and type(model) is nn.Sequential
+        and all(type(layer) in _LAYERS for layer in model.children())
     )
 
 
@@ -96,11 +99,10 @@ def _train_group(model: nn.Module, clients, schedules: list[list[torch.Tensor]],
     stacked = {name: p.detach().expand(count, *p.shape).clone() for name, p in model.named_parameters()}
     momentum = {name: None for name in stacked}
     loss_sums = torch.zeros(count, dtype=torch.float64)
-    forward = vmap(lambda weights, x: functional_call(model, weights, (x,)))
     for t in range(steps[0]):
         active = sum(1 for s in steps if s > t)  # a prefix: the stack is ordered by steps
         leaves = {name: value[:active].detach().requires_grad_() for name, value in stacked.items()}
-        logits = forward(leaves, x_all[index[t, :active]])
+        logits = _forward(model, leaves, x_all[index[t, :active]])
         losses = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), y_all[index[t, :active]].reshape(-1), reduction="none"
         )
@@ -121,3 +123,18 @@ def _train_group(model: nn.Module, clients, schedules: list[list[torch.Tensor]],
         Trained({name: value[row] for name, value in stacked.items()}, float(loss_sums[row]) / steps[row])
         for row in range(count)
     ]
+
+
+def _forward(model: nn.Sequential, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The model's forward pass for each client's own weights at once: ``weights`` holds
+    each parameter stacked over clients, ``x`` (clients, batch, ...) each client's batch."""
+    for name, layer in model.named_children():
+        if isinstance(layer, nn.Linear):
+            weight = weights[f"{name}.weight"].transpose(1, 2)
+            bias = weights.get(f"{name}.bias")
+            x = torch.bmm(x, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight)
+        elif isinstance(layer, nn.Flatten):  # its dims count from a client's batch: one more here
+            x = x.flatten(*(d if d < 0 else d + 1 for d in (layer.start_dim, layer.end_dim)))
+        else:  # elementwise activations
+            x = layer(x)
+    return x

@@ -139,3 +139,36 @@ def test_design_pool_users_that_train_in_lockstep_go_in_one_share_per_lockstep_g
     assert design_shares(20, lockstep=True) == [20]
     assert design_shares(40, lockstep=True) == [20, 20]  # groups of at most 32
     assert design_shares(20, lockstep=True, deadline=time.time() + 60) == [2] * 10  # lockstep needs no deadline
+
+
+def test_the_batched_forward_is_each_clients_own_forward(project_root):
+    """Every layer kind a lockstep model may hold (a Linear without bias, a Flatten over
+    inner dims, activations), against torch running the model with each client's weights."""
+    from torch import nn
+    from torch.func import functional_call
+
+    from fedsim.clients.lockstep import _forward
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Flatten(start_dim=1, end_dim=2), nn.Linear(12, 8, bias=False), nn.GELU(), nn.Linear(8, 5), nn.Tanh()
+    )
+    clients, batch = 3, 4
+    stacked = {name: torch.randn(clients, *p.shape) for name, p in model.named_parameters()}
+    x = torch.randn(clients, batch, 3, 4)
+    out = _forward(model, stacked, x)
+    for row in range(clients):
+        own = functional_call(model, {name: value[row] for name, value in stacked.items()}, (x[row],))
+        torch.testing.assert_close(out[row], own, rtol=1e-6, atol=1e-6)
+    settings = train_settings(_scenario(project_root))
+    assert trains_in_lockstep(model=model, settings=settings, device="cpu")
+
+    class Custom(nn.Module):  # dense layers, but its own forward: not run layer by layer
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(x) * 2
+
+    assert not trains_in_lockstep(model=Custom(), settings=settings, device="cpu")
