@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.clients.node import CohortReplies, lockstep_design, node_count, round_requests, train_share
+from fedsim.clients.node import CohortReplies, node_count, round_requests, train_share
 from fedsim.clients.work import evaluate_many
 from fedsim.config import Scenario
 from fedsim.strategies.aggregation import ContributionRule
@@ -24,7 +24,6 @@ class InProcessTransport:
     def __init__(self, *, scenario: Scenario) -> None:
         self.scenario = scenario
         self.nodes = node_count(scenario)
-        self.design_lockstep = lockstep_design(scenario)
 
     def train(
         self,
@@ -49,7 +48,6 @@ class InProcessTransport:
             rule=rule,
             keep_updates=keep_updates,
             deadline=None if timeout_s is None else time.time() + timeout_s,
-            design_lockstep=self.design_lockstep,
         )
         results = [train_share(scenario=self.scenario, state=state, request=request) for request in requests]
         dim = sum(value.numel() for value in state.values())

@@ -28,8 +28,6 @@ from fedsim.clients.training import TrainSettings, shuffled_batches
 
 #: clients per lockstep group (bounds the stacked weights and batches held at once)
 GROUP_USERS = 32
-#: fewer clients than this train one after the other (a lockstep step costs ~2 plain ones)
-MIN_USERS = 4
 
 #: the layers a lockstep model may stack in its ``nn.Sequential`` (:func:`_forward` runs them)
 _LAYERS = (nn.Flatten, nn.Linear, nn.Identity, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.ELU)

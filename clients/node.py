@@ -29,10 +29,8 @@ import torch
 from flwr.supercore.differential_privacy import compute_clip_model_update
 
 from fedsim.clients.faults import hangs, inject_faults
-from fedsim.clients.lockstep import GROUP_USERS, MIN_USERS, trains_in_lockstep
 from fedsim.clients.work import TrainedClient, discard_runner, runner_for
 from fedsim.config import Scenario
-from fedsim.experiment import dataset_for, model_for, train_settings
 from fedsim.params import flatten_state
 from fedsim.strategies.aggregation import ContributionRule, clip_update, prepare_update
 
@@ -116,12 +114,10 @@ def round_requests(
     rule: ContributionRule,
     keep_updates: bool,
     deadline: float | None,
-    design_lockstep: bool = False,
 ) -> tuple[list[ShareRequest], int]:
     """A round's share requests and how many of them are the cohort's: the cohort in
     shares for ``nodes`` nodes, then the audit's design-pool users (each update kept and
-    clipped as the server clips, no faults) in shares the same way, or, when they train in
-    lockstep (``design_lockstep``, no deadline), in as few shares as lockstep groups."""
+    clipped as the server clips, no faults) in shares the same way."""
     cohort_requests = [
         ShareRequest(
             round_number=round_number,
@@ -141,19 +137,9 @@ def round_requests(
             deadline=deadline,
             sampled=False,
         )
-        for share in split_cohort(
-            np.asarray(design_ids, dtype=int),
-            nodes=-(-len(design_ids) // GROUP_USERS) if design_lockstep and deadline is None else nodes,
-        )
+        for share in split_cohort(np.asarray(design_ids, dtype=int), nodes=nodes)
     ]
     return cohort_requests + design_requests, len(cohort_requests)
-
-
-def lockstep_design(scenario: Scenario) -> bool:
-    """Whether the scenario's clients train in lockstep, so that its design-pool users go
-    in as few shares as lockstep groups (:func:`round_requests`)."""
-    model = model_for(scenario, dataset_for(scenario))
-    return trains_in_lockstep(model=model, settings=train_settings(scenario), device=scenario.device)
 
 
 def node_count(scenario: Scenario) -> int:
@@ -178,20 +164,32 @@ def _prepare(trained: TrainedClient, *, start_arrays: list[np.ndarray], start_fl
     return prepare_update(trained.update, norm=trained.update_norm, rule=rule)
 
 
-def _together_outcomes(scenario: Scenario, request: ShareRequest, client_ids: list[int], train_together):
-    """Yield (client id, TrainedClient or the exception it raised) for clients trained
-    together by ``train_together(client_ids)``: a client whose faults fire fails alone,
-    before; if the training together raises, each client it had not yet yielded fails."""
-    ready = []
+def _faults(scenario: Scenario, request: ShareRequest, client_ids: list[int]):
+    """Yield (client id, None or the exception its faults raise): the scenario's injected
+    faults of a share's clients (design-pool users never fail on purpose)."""
     for client_id in client_ids:
         try:
-            if request.sampled:  # design-pool users never fail on purpose
+            if request.sampled:
                 inject_faults(
                     faults=scenario.faults, seed=scenario.seed, client_id=client_id, round_number=request.round_number
                 )
-            ready.append(client_id)
+            yield client_id, None
         except Exception as error:  # noqa: BLE001 - a failing client, reported to the server
             yield client_id, error
+
+
+def _together_outcomes(scenario: Scenario, requests: list[ShareRequest], client_ids: list[int], train_together):
+    """Yield (client id, TrainedClient or the exception it raised) for the clients of
+    ``requests`` named in ``client_ids``, trained together by ``train_together(ids)``: a
+    client whose faults fire fails alone, before; if the training together raises, each
+    client it had not yet yielded fails."""
+    wanted, ready = set(client_ids), []
+    for request in requests:
+        for client_id, error in _faults(scenario, request, [c for c in request.client_ids if c in wanted]):
+            if error is None:
+                ready.append(client_id)
+            else:
+                yield client_id, error
     done = 0
     try:
         for trained in train_together(ready) if ready else ():
@@ -200,6 +198,39 @@ def _together_outcomes(scenario: Scenario, request: ShareRequest, client_ids: li
     except Exception as error:  # noqa: BLE001 - reported to the server for each client
         for client_id in ready[done:]:
             yield client_id, error
+
+
+def lockstep_outcomes(
+    *, scenario: Scenario, state: dict[str, torch.Tensor], requests: list[ShareRequest]
+) -> dict[int, TrainedClient | BaseException]:
+    """Every client of ``requests`` that trains in lockstep (a dense model, no deadline, not
+    hanging), trained together whatever share it is in (fedsim.clients.lockstep: a client's
+    result does not depend on the others in its group, a test checks it bit for bit, so a
+    message's shares sum what they sum alone); empty when the model does not train in
+    lockstep. Each outcome a TrainedClient or the exception it raised."""
+    runner = runner_for(scenario)
+    if not runner.lockstep or not requests or any(request.deadline is not None for request in requests):
+        return {}
+    ids = [cid for request in requests for cid in _steady(scenario, request)]
+    common = dict(
+        start=state,
+        round_number=requests[0].round_number,
+        start_flat=flatten_state(state),
+        keep_arrays=any(request.rule.client_clips for request in requests),
+    )
+    return dict(
+        _together_outcomes(scenario, requests, ids, lambda ready: runner.train_lockstep(client_ids=ready, **common))
+    )
+
+
+def _steady(scenario: Scenario, request: ShareRequest) -> list[int]:
+    """A share's clients but those that hang (trained one by one, so that the deadline can
+    give up on them)."""
+    return [
+        cid
+        for cid in request.client_ids
+        if not (request.sampled and hangs(faults=scenario.faults, client_id=cid, round_number=request.round_number))
+    ]
 
 
 def _outcomes(
@@ -253,29 +284,31 @@ def _outcomes(
             return
 
 
-def train_share(*, scenario: Scenario, state: dict[str, torch.Tensor], request: ShareRequest) -> ShareResult:
+def train_share(
+    *,
+    scenario: Scenario,
+    state: dict[str, torch.Tensor],
+    request: ShareRequest,
+    trained: dict[int, TrainedClient | BaseException] | None = None,
+) -> ShareResult:
     """Train a share's clients from ``state`` and sum their prepared updates: first those
-    that take one SGD step (together), then, for a dense model without a deadline, the
-    others in lockstep (fedsim.clients.lockstep; at least ``MIN_USERS`` of them), else one
-    by one; each group in client order; reports (and kept updates) in client order."""
+    that train in lockstep (:func:`lockstep_outcomes`; ``trained``: already trained with a
+    message's other shares), then those that take one SGD step (together), then the others
+    one by one; each group in client order; reports (and kept updates) in client order."""
     start_arrays = [value.detach().cpu().numpy() for value in state.values()]
     start_flat = flatten_state(state)
     rule = request.rule
     runner = runner_for(scenario)
-    eligible = [
-        cid
-        for cid in request.client_ids
-        if not (request.sampled and hangs(faults=scenario.faults, client_id=cid, round_number=request.round_number))
-    ]  # hanging clients are trained one by one (so that the deadline can give up on them)
-    one_step = [cid for cid in eligible if runner.takes_one_step(cid)]
-    rest = [cid for cid in eligible if cid not in one_step]
-    lockstep = rest if runner.lockstep and request.deadline is None and len(rest) >= MIN_USERS else []
-    alone = [cid for cid in request.client_ids if cid not in one_step and cid not in lockstep]
+    if trained is None:
+        trained = lockstep_outcomes(scenario=scenario, state=state, requests=[request])
+    lockstep = [cid for cid in request.client_ids if cid in trained]
+    one_step = [cid for cid in _steady(scenario, request) if cid not in trained and runner.takes_one_step(cid)]
+    alone = [cid for cid in request.client_ids if cid not in trained and cid not in one_step]
     total, weight, failed, answered = np.zeros_like(start_flat), 0.0, {}, {}
     common = dict(start=state, round_number=request.round_number, start_flat=start_flat, keep_arrays=rule.client_clips)
     outcomes = itertools.chain(
-        _together_outcomes(scenario, request, one_step, lambda ids: runner.train_one_steps(client_ids=ids, **common)),
-        _together_outcomes(scenario, request, lockstep, lambda ids: runner.train_lockstep(client_ids=ids, **common)),
+        ((cid, trained[cid]) for cid in lockstep),
+        _together_outcomes(scenario, [request], one_step, lambda ids: runner.train_one_steps(client_ids=ids, **common)),
         _outcomes(scenario, state, request, start_flat, alone),
     )
     for client_id, outcome in outcomes:
@@ -302,8 +335,13 @@ def train_share(*, scenario: Scenario, state: dict[str, torch.Tensor], request: 
 def train_shares(
     *, scenario: Scenario, state: dict[str, torch.Tensor], requests: dict[int, ShareRequest]
 ) -> dict[int, ShareResult]:
-    """Several shares of a round, one after the other (one message may carry several)."""
-    return {share: train_share(scenario=scenario, state=state, request=request) for share, request in requests.items()}
+    """Several shares of a round (one message may carry several): their lockstep clients
+    trained together, then each share summed on its own, one after the other."""
+    trained = lockstep_outcomes(scenario=scenario, state=state, requests=list(requests.values()))
+    return {
+        share: train_share(scenario=scenario, state=state, request=request, trained=trained)
+        for share, request in requests.items()
+    }
 
 
 def _why(error: BaseException) -> str:

@@ -22,7 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.serverapp import Grid, ServerApp
 
 from fedsim.clients.messages import read_results, read_scores, request_content
-from fedsim.clients.node import CohortReplies, ShareRequest, ShareResult, lockstep_design, round_requests
+from fedsim.clients.node import CohortReplies, ShareRequest, ShareResult, round_requests
 from fedsim.clients.work import total_scores
 from fedsim.config import Scenario
 from fedsim.errors import FedsimError
@@ -78,7 +78,6 @@ class FlowerTransport:
         self.grid = grid
         self.scenario = scenario
         self.node_ids = self._wait_for_nodes(expected_nodes)
-        self.design_lockstep = lockstep_design(scenario)
         self.lanes = min(len(self.node_ids), _actors(scenario) or len(self.node_ids))
         self.hosts: dict[int, list[str]] = {}
 
@@ -115,7 +114,6 @@ class FlowerTransport:
             rule=rule,
             keep_updates=keep_updates,
             deadline=None if timeout_s is None else time.time() + timeout_s,
-            design_lockstep=self.design_lockstep,
         )
         lanes = balanced_lanes([len(request.client_ids) for request in requests], lanes=self.lanes)
         messages = [

@@ -9,7 +9,7 @@ import torch
 
 import fedsim.clients.lockstep as lockstep_module
 from fedsim.clients.lockstep import train_lockstep, trains_in_lockstep
-from fedsim.clients.node import ShareRequest, round_requests, train_share
+from fedsim.clients.node import ShareRequest, round_requests, train_share, train_shares
 from fedsim.clients.training import train_client
 from fedsim.clients.work import ClientRunner
 from fedsim.config import load_scenario
@@ -17,7 +17,6 @@ from fedsim.experiment import dataset_for, model_for, train_settings
 from fedsim.loop import RoundLoop
 from fedsim.params import flatten_state
 from fedsim.seeding import client_seed
-from fedsim.strategies.aggregation import ContributionRule
 
 SMALL = ["rounds=2", "clients_per_round=5", "data.num_clients=20", "data.design_pool=4", "audit.enabled=false"]
 
@@ -103,7 +102,7 @@ def test_a_share_trained_in_lockstep_sums_each_clients_update_prepared_on_its_ow
         state=state,
         request=ShareRequest(round_number=1, client_ids=ids, rule=rule, keep_updates=True, deadline=time.time() + 60),
     )
-    assert calls == [ids]  # the first share only
+    assert calls == [ids]  # the share without a deadline only
     assert [r.client_id for r in share.reports] == ids == [r.client_id for r in timed.reports]
     np.testing.assert_array_equal(share.total, share.updates.sum(axis=0))
     for row, client_id in enumerate(ids):
@@ -120,25 +119,67 @@ def test_a_share_trained_in_lockstep_sums_each_clients_update_prepared_on_its_ow
             np.testing.assert_array_equal(timed.updates[row], clipped)
 
 
-def test_design_pool_users_that_train_in_lockstep_go_in_one_share_per_lockstep_group():
-    def design_shares(count, *, lockstep, deadline=None):
-        requests, cohort_shares = round_requests(
-            round_number=1,
-            cohort=np.arange(10),
-            design_ids=list(range(100, 100 + count)),
-            nodes=10,
-            rule=ContributionRule(clip_norm=1.0),
-            keep_updates=True,
-            deadline=deadline,
-            design_lockstep=lockstep,
-        )
-        assert cohort_shares == 10
-        return [len(request.client_ids) for request in requests[cohort_shares:]]
+@pytest.fixture
+def one_thread():
+    """torch on one thread, as fedsim trains (fedsim.threads), restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
-    assert design_shares(20, lockstep=False) == [2] * 10
-    assert design_shares(20, lockstep=True) == [20]
-    assert design_shares(40, lockstep=True) == [20, 20]  # groups of at most 32
-    assert design_shares(20, lockstep=True, deadline=time.time() + 60) == [2] * 10  # lockstep needs no deadline
+
+def test_a_clients_lockstep_training_does_not_depend_on_its_group(project_root, one_thread):
+    """What lets a message's shares train together and still sum what they sum alone (so
+    that no number depends on the cluster's size): each client's weights and loss are the
+    same bit for bit alone, in a small group and in a group of 30 (logreg; MLP with
+    momentum), on one thread as fedsim trains (on two, torch splits a lone client's
+    products differently: 2e-7 apart)."""
+    for overrides in ([], ["model.name=mlp", "client.momentum=0.5"]):
+        scenario = _scenario(project_root, *overrides, "data.num_clients=40")
+        dataset, settings = dataset_for(scenario), train_settings(scenario)
+        model = model_for(scenario, dataset)
+        clients = [(dataset.client(c).x_train, dataset.client(c).y_train, 7 + c) for c in range(30)]
+        group = train_lockstep(model, clients, settings=settings)
+        small = train_lockstep(model, clients[5:12], settings=settings)
+        for result, alone in zip(group, [train_lockstep(model, [c], settings=settings)[0] for c in clients]):
+            assert all(torch.equal(result.weights[k], alone.weights[k]) for k in result.weights)
+            assert result.mean_loss == alone.mean_loss
+        for result, other in zip(group[5:12], small):
+            assert all(torch.equal(result.weights[k], other.weights[k]) for k in result.weights)
+
+
+def test_a_messages_shares_train_together_and_sum_what_they_sum_alone(project_root, monkeypatch, one_thread):
+    """The shares of one message (cohort shares and a design-pool share, one of them with a
+    failing client) train in one lockstep call; each share's sum, reports, failures and
+    kept updates equal those of the share trained on its own, bit for bit."""
+    scenario = _scenario(project_root, "dp.clip_norm=0.05", "faults.fail_clients=[3]")
+    loop = RoundLoop(scenario=scenario)
+    state, rule = loop.state(), loop.aggregator.rule
+    requests, _ = round_requests(
+        round_number=1,
+        cohort=np.arange(9),
+        design_ids=[20, 21, 22],
+        nodes=3,
+        rule=rule,
+        keep_updates=True,
+        deadline=None,
+    )
+    calls = []
+    real = ClientRunner.train_lockstep
+
+    def spy(self, *, client_ids, **kwargs):
+        calls.append(list(client_ids))
+        return real(self, client_ids=client_ids, **kwargs)
+
+    monkeypatch.setattr(ClientRunner, "train_lockstep", spy)
+    together = train_shares(scenario=scenario, state=state, requests=dict(enumerate(requests)))
+    assert calls == [[0, 1, 2, 4, 5, 6, 7, 8, 20, 21, 22]]  # one call; client 3 failed before
+    for index, request in enumerate(requests):
+        alone = train_share(scenario=scenario, state=state, request=request)
+        np.testing.assert_array_equal(together[index].total, alone.total)
+        np.testing.assert_array_equal(together[index].updates, alone.updates)
+        assert (together[index].reports, together[index].failed) == (alone.reports, alone.failed)
+    assert list(together[1].failed) == [3]
 
 
 def test_the_batched_forward_is_each_clients_own_forward(project_root):

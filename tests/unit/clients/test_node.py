@@ -160,7 +160,7 @@ def test_messages_carry_shares_both_ways():
     assert read_scores(scores_content(scores)) == scores
 
 
-def test_design_pool_users_train_alongside_the_cohort_but_outside_its_sum(project_root):
+def test_design_pool_users_train_alongside_the_cohort_but_outside_its_sum(project_root, monkeypatch):
     """The audit's design-pool users train in their own shares of the round (on the nodes),
     clipped as the server clips, never failing on purpose, and never in the round's sum."""
     from fedsim.clients.local import InProcessTransport
@@ -168,6 +168,7 @@ def test_design_pool_users_train_alongside_the_cohort_but_outside_its_sum(projec
 
     design = [20, 21]  # the first design-pool ids (20 training clients)
     scenario = _scenario(project_root, "dp.clip_norm=0.05", f"faults.fail_clients={design}")
+    monkeypatch.setattr(runner_for(scenario), "lockstep", False)  # compared bit for bit with one-by-one training
     loop = RoundLoop(scenario=scenario)
     state, rule = loop.state(), loop.aggregator.rule
     transport = InProcessTransport(scenario=scenario)
