@@ -164,18 +164,13 @@ def _prepare(trained: TrainedClient, *, start_arrays: list[np.ndarray], start_fl
     return prepare_update(trained.update, norm=trained.update_norm, rule=rule)
 
 
-def _faults(scenario: Scenario, request: ShareRequest, client_ids: list[int]):
-    """Yield (client id, None or the exception its faults raise): the scenario's injected
-    faults of a share's clients (design-pool users never fail on purpose)."""
-    for client_id in client_ids:
-        try:
-            if request.sampled:
-                inject_faults(
-                    faults=scenario.faults, seed=scenario.seed, client_id=client_id, round_number=request.round_number
-                )
-            yield client_id, None
-        except Exception as error:  # noqa: BLE001 - a failing client, reported to the server
-            yield client_id, error
+def _inject_faults(scenario: Scenario, request: ShareRequest, client_id: int) -> None:
+    """Raise the scenario's injected fault of a share's client, if any (design-pool users
+    never fail on purpose)."""
+    if request.sampled:
+        inject_faults(
+            faults=scenario.faults, seed=scenario.seed, client_id=client_id, round_number=request.round_number
+        )
 
 
 def _together_outcomes(scenario: Scenario, requests: list[ShareRequest], client_ids: list[int], train_together):
@@ -185,10 +180,11 @@ def _together_outcomes(scenario: Scenario, requests: list[ShareRequest], client_
     client it had not yet yielded fails."""
     wanted, ready = set(client_ids), []
     for request in requests:
-        for client_id, error in _faults(scenario, request, [c for c in request.client_ids if c in wanted]):
-            if error is None:
+        for client_id in (c for c in request.client_ids if c in wanted):
+            try:
+                _inject_faults(scenario, request, client_id)
                 ready.append(client_id)
-            else:
+            except Exception as error:  # noqa: BLE001 - a failing client, reported to the server
                 yield client_id, error
     done = 0
     try:
@@ -241,10 +237,7 @@ def _outcomes(
     runner = runner_for(scenario)  # kept by a late client's thread after the node gives up on it
 
     def train(client_id: int) -> TrainedClient:
-        if request.sampled:  # the scenario's faults; design-pool users never fail on purpose
-            inject_faults(
-                faults=scenario.faults, seed=scenario.seed, client_id=client_id, round_number=request.round_number
-            )
+        _inject_faults(scenario, request, client_id)
         return runner.train(
             start=state,
             client_id=client_id,
