@@ -73,16 +73,9 @@ def test_only_dense_models_trained_with_plain_sgd_train_in_lockstep(project_root
     assert not lockstep("data.design_pool=4", name="digits")  # a CNN
 
 
-@pytest.mark.parametrize("mode", ["server_fixed", "client_fixed"])
-def test_a_share_trained_in_lockstep_sums_each_clients_update_prepared_on_its_own(project_root, monkeypatch, mode):
-    """A share of five clients of a dense model trains in lockstep: each prepared update
-    that of the client trained alone and clipped on its own (to float rounding), summed in
-    client order. With a deadline the same share trains one by one (the node can give up
-    on a late client), bit for bit as alone."""
-    scenario = _scenario(project_root, f"dp.mode={mode}", "dp.clip_norm=0.05")
-    loop = RoundLoop(scenario=scenario)
-    state, rule = loop.state(), loop.aggregator.rule
-    start = flatten_state(state)
+@pytest.fixture
+def lockstep_calls(monkeypatch):
+    """The client ids of each call to ClientRunner.train_lockstep, which still trains."""
     calls = []
     real = ClientRunner.train_lockstep
 
@@ -91,6 +84,19 @@ def test_a_share_trained_in_lockstep_sums_each_clients_update_prepared_on_its_ow
         return real(self, client_ids=client_ids, **kwargs)
 
     monkeypatch.setattr(ClientRunner, "train_lockstep", spy)
+    return calls
+
+
+@pytest.mark.parametrize("mode", ["server_fixed", "client_fixed"])
+def test_a_share_trained_in_lockstep_sums_each_clients_update_prepared_on_its_own(project_root, lockstep_calls, mode):
+    """A share of five clients of a dense model trains in lockstep: each prepared update
+    that of the client trained alone and clipped on its own (to float rounding), summed in
+    client order. With a deadline the same share trains one by one (the node can give up
+    on a late client), bit for bit as alone."""
+    scenario = _scenario(project_root, f"dp.mode={mode}", "dp.clip_norm=0.05")
+    loop = RoundLoop(scenario=scenario)
+    state, rule = loop.state(), loop.aggregator.rule
+    start = flatten_state(state)
     ids = [0, 1, 2, 3, 4]
     share = train_share(
         scenario=scenario,
@@ -102,7 +108,7 @@ def test_a_share_trained_in_lockstep_sums_each_clients_update_prepared_on_its_ow
         state=state,
         request=ShareRequest(round_number=1, client_ids=ids, rule=rule, keep_updates=True, deadline=time.time() + 60),
     )
-    assert calls == [ids]  # the share without a deadline only
+    assert lockstep_calls == [ids]  # the share without a deadline only
     assert [r.client_id for r in share.reports] == ids == [r.client_id for r in timed.reports]
     np.testing.assert_array_equal(share.total, share.updates.sum(axis=0))
     for row, client_id in enumerate(ids):
@@ -148,7 +154,7 @@ def test_a_clients_lockstep_training_does_not_depend_on_its_group(project_root, 
             assert all(torch.equal(result.weights[k], other.weights[k]) for k in result.weights)
 
 
-def test_a_messages_shares_train_together_and_sum_what_they_sum_alone(project_root, monkeypatch, one_thread):
+def test_a_messages_shares_train_together_and_sum_what_they_sum_alone(project_root, lockstep_calls, one_thread):
     """The shares of one message (cohort shares and a design-pool share, one of them with a
     failing client) train in one lockstep call; each share's sum, reports, failures and
     kept updates equal those of the share trained on its own, bit for bit."""
@@ -164,16 +170,8 @@ def test_a_messages_shares_train_together_and_sum_what_they_sum_alone(project_ro
         keep_updates=True,
         deadline=None,
     )
-    calls = []
-    real = ClientRunner.train_lockstep
-
-    def spy(self, *, client_ids, **kwargs):
-        calls.append(list(client_ids))
-        return real(self, client_ids=client_ids, **kwargs)
-
-    monkeypatch.setattr(ClientRunner, "train_lockstep", spy)
     together = train_shares(scenario=scenario, state=state, requests=dict(enumerate(requests)))
-    assert calls == [[0, 1, 2, 4, 5, 6, 7, 8, 20, 21, 22]]  # one call; client 3 failed before
+    assert lockstep_calls == [[0, 1, 2, 4, 5, 6, 7, 8, 20, 21, 22]]  # one call; client 3 failed before
     for index, request in enumerate(requests):
         alone = train_share(scenario=scenario, state=state, request=request)
         np.testing.assert_array_equal(together[index].total, alone.total)
