@@ -123,18 +123,19 @@ def _objective(g: torch.Tensor, batch: torch.Tensor, *, clip_norm: float, norm_c
 
 def _objective_grad(g: torch.Tensor, batch: torch.Tensor, *, clip_norm: float, norm_constant: float) -> torch.Tensor:
     """d :func:`_objective` / d g in closed form (a test checks it against autograd): with
-    n = |g|, s = n + 1e-12 and p = batch g / s, it is
-    -2 d relu(C_norm - n) g / n + 2 C^2 / (m s) (batch^T p - |p|^2 g / n) for m rows."""
-    norm = g.norm()
-    if float(norm) == 0:
+    n = |g|, s = n + 1e-12 and q = batch g, it is
+    -2 d relu(C_norm - n) g / n + 2 C^2 / (m s^2) (batch^T q - |q|^2 g / (n s)) for m rows
+    (scalars as Python floats: four tensor operations a crafting step)."""
+    norm = float(g.norm())
+    if norm == 0:
         return torch.zeros_like(g)
     scaled = norm + 1e-12
-    projection = batch @ g / scaled
-    hinge = (-2 * g.shape[0] / norm) * torch.relu(norm_constant - norm) * g
-    spread = (2 * clip_norm**2 / (batch.shape[0] * scaled)) * (
-        batch.T @ projection - (projection @ projection) * g / norm
+    projection = batch @ g  # s times the projections of :func:`_objective`
+    spread = 2 * clip_norm**2 / (batch.shape[0] * scaled**2)
+    along_g = -2 * g.shape[0] / norm * max(norm_constant - norm, 0.0) - spread * float(projection @ projection) / (
+        norm * scaled
     )
-    return hinge + spread
+    return torch.addmv(g, batch.T, projection, beta=along_g, alpha=spread)
 
 
 def _health(loss_init: float, loss_final: float) -> float:
@@ -233,11 +234,10 @@ def craft_sample_canary(
     # keep the best canary seen (checked every CHECK_EVERY steps): the relaxed text
     # objective can move away from the discrete one
     best_loss, best = loss_init, variable.detach().clone()
-    optimizer = torch.optim.Adam([variable], lr=lr)
+    optimizer = torch.optim.Adam([variable], lr=lr, fused=True)  # one kernel a step
     step = stalled = 0
     while step < iterations and stalled < PATIENCE:
         step += 1
-        optimizer.zero_grad()
         batch = design.minibatch(rng=rng, size=batch_size)
         noise_seed = int(rng.integers(2**31)) if text else None
         variable.grad = objective_gradient(

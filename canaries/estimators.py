@@ -170,16 +170,16 @@ def _threshold_estimate(
     rng = np.random.default_rng(seed)
     pick_with, held_with = _split(with_, rng)
     pick_without, held_without = _split(without, rng)
-    held_with, held_without = np.sort(held_with), np.sort(held_without)
     n_with, n_without = held_with.size, held_without.size
     anchor, rank = _choose_anchor(pick_with, pick_without, n_with=n_with, n_without=n_without, delta=delta, tail=tail)
 
+    # one order statistic and two counts over the held-out scores: O(n), no sort
     if anchor == "without":  # `rank` held-out without-scores lie above t
-        threshold = held_without[n_without - 1 - rank]
+        threshold = _order_statistic(held_without, n_without - 1 - rank)
     else:  # `rank` held-out with-scores lie at or below t
-        threshold = np.nextafter(held_with[rank], -np.inf)
-    fp = n_without - np.searchsorted(held_without, [threshold], side="right")
-    fn = np.searchsorted(held_with, [threshold], side="right")
+        threshold = np.nextafter(_order_statistic(held_with, rank), -np.inf)
+    fp = np.array([np.count_nonzero(held_without > threshold)])
+    fn = np.array([np.count_nonzero(held_with <= threshold)])
     # The bound counts the anchored errors as `rank`: ties can only make fewer.
     fp_bound, fn_bound = (np.array([rank]), fn) if anchor == "without" else (fp, np.array([rank]))
     lower = _eps_from_rates(_cp_upper(fp_bound, n_without, tail), _cp_upper(fn_bound, n_with, tail), delta)
@@ -199,6 +199,11 @@ def _split(scores: NDArray[np.float64], rng: np.random.Generator) -> tuple[NDArr
     picked = min(max(round(_PICK_FRACTION * scores.size), 1), scores.size - 1)
     shuffled = rng.permutation(scores)
     return shuffled[:picked], shuffled[picked:]
+
+
+def _order_statistic(scores: NDArray[np.float64], k: int) -> float:
+    """The k-th smallest score (0-based), as ``np.sort(scores)[k]``."""
+    return float(np.partition(scores, k)[k])
 
 
 def _choose_anchor(
