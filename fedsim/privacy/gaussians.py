@@ -15,14 +15,15 @@ from collections.abc import Callable
 import numpy as np
 from dp_accounting import get_epsilon_gaussian
 from numpy.typing import ArrayLike, NDArray
+from scipy.optimize import elementwise
 from scipy.special import ndtr
 
 __all__ = ["gaussians_epsilon", "gaussians_epsilons"]
 
-_TOLERANCE = 1e-12  # absolute and relative width of the final bisection bracket
+_TOLERANCE = 1e-12  # absolute and relative width of the final bracket
 _HUGE = 1e300  # past this the pair is treated as distinguishable at any epsilon
 
-Excess = Callable[[np.ndarray, np.ndarray], np.ndarray]
+Excess = Callable[..., np.ndarray]  # excess(eps, *args), elementwise
 
 
 def gaussians_epsilon(*, mu_in: float, sigma_in: float, mu_out: float, sigma_out: float, delta: float) -> float:
@@ -34,7 +35,7 @@ def gaussians_epsilon(*, mu_in: float, sigma_in: float, mu_out: float, sigma_out
     are mu-GDP with mu = |mu_in - mu_out| / sigma, the Gaussian mechanism with noise
     1 / mu (``dp_accounting.get_epsilon_gaussian``). For unequal variances the set
     {p > e^eps q} is bounded by the roots of a quadratic, so the divergence is a sum of
-    normal CDF differences; eps is found by bisection to 1e-12.
+    normal CDF differences; eps is found by bracketing (scipy's Chandrupatla method) to 1e-12.
 
     Args:
         mu_in: Mean of the first normal (e.g. the scores with the canary).
@@ -82,7 +83,7 @@ def gaussians_epsilons(
     unequal = ~equal & ~point_mass
     if np.any(unequal):
         pair = (m_in[unequal], s_in[unequal], m_out[unequal], s_out[unequal])
-        eps[unequal] = _solve_decreasing(lambda e, k: _excess(*(p[k] for p in pair), e, delta), pair[0].size)
+        eps[unequal] = _solve_decreasing(lambda e, *p: _excess(*p, e, delta), pair)
     return eps.reshape(shape)
 
 
@@ -122,27 +123,37 @@ def _normal_mass(lo, hi, m, s):
     return np.where(z_lo > 0, ndtr(-z_lo) - ndtr(-z_hi), ndtr(z_hi) - ndtr(z_lo))
 
 
-def _solve_decreasing(excess: Excess, size: int) -> NDArray[np.float64]:
-    """Elementwise smallest eps >= 0 with excess(eps, k) <= 0 for continuous non-increasing
-    excesses; ``excess(eps, k)`` evaluates the elements of index array ``k`` at ``eps``.
-    Brackets each by doubling, then bisects to ``_TOLERANCE`` and returns the bracket's
-    upper end (where the excess is <= 0)."""
+def _solve_decreasing(excess: Excess, args: tuple[np.ndarray, ...]) -> NDArray[np.float64]:
+    """Elementwise smallest eps >= 0 with excess(eps, *args) <= 0 for continuous
+    non-increasing excesses (``args``: equal-length arrays, one element per problem).
+    Brackets each by doubling, then narrows the bracket to ``_TOLERANCE`` with scipy's
+    Chandrupatla method (~12 evaluations where bisection took ~42) and returns the
+    bracket's end where the excess is <= 0."""
+    size = args[0].size
     eps = np.zeros(size)
-    active = np.flatnonzero(excess(np.zeros(size), np.arange(size)) > 0)
+    active = np.flatnonzero(excess(np.zeros(size), *args) > 0)
     lo, hi = np.zeros(active.size), np.ones(active.size)
     growing = np.arange(active.size)
     while growing.size:
-        above = excess(hi[growing], active[growing]) > 0
+        above = excess(hi[growing], *(a[active[growing]] for a in args)) > 0
         growing = growing[above & (hi[growing] <= _HUGE)]
         lo[growing], hi[growing] = hi[growing], 2 * hi[growing]
     endless = hi > _HUGE
     eps[active[endless]] = math.inf
     active, lo, hi = active[~endless], lo[~endless], hi[~endless]
-    while active.size:
-        mid = 0.5 * (lo + hi)
-        above = excess(mid, active) > 0
-        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
-        done = hi - lo <= _TOLERANCE * np.maximum(1.0, hi)
-        eps[active[done]] = hi[done]
-        active, lo, hi = active[~done], lo[~done], hi[~done]
+    if active.size:
+
+        def signed(e: np.ndarray, *problem: np.ndarray) -> np.ndarray:
+            """The excess with exact zeros made negative: it changes sign at the smallest
+            eps where the excess is <= 0, even where it is 0 over a stretch."""
+            value = excess(e, *problem)
+            return np.where(value > 0, value, np.minimum(value, -np.finfo(np.float64).tiny))
+
+        found = elementwise.find_root(
+            signed,
+            (lo, hi),
+            args=tuple(a[active] for a in args),
+            tolerances={"xatol": _TOLERANCE, "xrtol": _TOLERANCE, "fatol": 0.0},
+        )
+        eps[active] = found.bracket[1]  # the end where the excess is <= 0
     return eps

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import integrate, optimize, stats
 
-from fedsim.privacy.gaussians import gaussians_epsilon, gaussians_epsilons
+from fedsim.privacy.gaussians import _solve_decreasing, gaussians_epsilon, gaussians_epsilons
 
 DELTA = 1e-5
 
@@ -114,6 +114,22 @@ def test_arrays_of_pairs_are_solved_each_on_its_own():
     # the 2-D shape of the input is kept
     grid = gaussians_epsilons(mu_in=mu_in.reshape(2, 3), sigma_in=1.5, mu_out=0.0, sigma_out=1.0, delta=DELTA)
     assert grid.shape == (2, 3) and grid[0, 0] == got[0]
+
+
+def test_the_solver_returns_the_smallest_eps_where_the_excess_is_not_positive():
+    # A non-increasing excess that is exactly 0 on [root, root + flat] and negative past
+    # it, as a computed hockey stick can round to exactly delta: the answer is the root
+    # (the smallest such eps), not another point of the flat stretch; one element is never
+    # positive (0), one never reaches 0 (inf).
+    root = np.array([0.0, 0.3, 6.94, 21.5, 290.3, 1e301])
+    flat = np.array([1.0, 0.5, 3.0, 1e-3, 40.0, 0.0])
+
+    def excess(eps, root, flat):
+        return np.where(eps < root, root - eps, np.where(eps <= root + flat, 0.0, root + flat - eps))
+
+    got = _solve_decreasing(excess, (root, flat))
+    assert got[:5] == pytest.approx(root[:5], rel=1e-12, abs=1e-12)
+    assert got[5] == math.inf
 
 
 # ------------------------------------------------------------------- unequal variances
