@@ -15,7 +15,9 @@ In one process run, for the same sampled clients of the same rounds:
   builds its model, trains and replies with its weights; the server clips, sums and adds
   noise with Flower's own helpers.
 
-Medians over rounds 2 .. R-1 (round 1 warms up; the last round evaluates). The data are
+Medians over rounds 2 .. R-1 (round 1 warms up; the last round evaluates); with
+``--repeats N`` the three methods run in turn N times and the medians are over all their
+rounds (each repeat's own medians and ratio are printed too). The data are
 synthetic (generated text in the Sentiment140 and tinyshakespeare formats, FedProx's
 synthetic data for quickstart), so it runs anywhere. The last line is one JSON object:
 ``{"workload", "fedsim_s", "limit_s", "flower_s", "ratio_to_limit", "speedup_vs_flower"}``.
@@ -312,7 +314,7 @@ def time_plain_flower(scenario, cohorts: list[np.ndarray]) -> list[float]:
     return timed_rounds(ends)
 
 
-def throughput(workload: str, rounds: int) -> dict[str, Any]:
+def throughput(workload: str, rounds: int, *, repeats: int = 1) -> dict[str, Any]:
     from fedsim.config import load_scenario
     from fedsim.runner import prepare_environment
     from fedsim.threads import use_one_thread
@@ -327,12 +329,14 @@ def throughput(workload: str, rounds: int) -> dict[str, Any]:
         cohorts = cohorts_of(scenario)
         sizes = [len(c) for c in cohorts]
         print(f"{workload}: {rounds} rounds, cohorts {min(sizes)}-{max(sizes)} clients", flush=True)
-        seconds = {}
-        seconds["fedsim"], seconds["limit"] = time_fedsim_and_limit(scenario, cohorts, Path(tmp) / "runs")
-        for name in ("limit", "fedsim"):
-            print(f"  {name:7s} median {statistics.median(seconds[name]):.3f} s/round", flush=True)
-        seconds["flower"] = time_plain_flower(scenario, cohorts)
-        print(f"  flower  median {statistics.median(seconds['flower']):.3f} s/round", flush=True)
+        seconds: dict[str, list[float]] = {"fedsim": [], "limit": [], "flower": []}
+        for repeat in range(repeats):  # the three methods in turn, so drift weighs on each
+            fedsim, limit = time_fedsim_and_limit(scenario, cohorts, Path(tmp) / f"runs-{repeat}")
+            flower = time_plain_flower(scenario, cohorts)
+            for name, values in (("fedsim", fedsim), ("limit", limit), ("flower", flower)):
+                seconds[name] += values
+                print(f"  {name:7s} median {statistics.median(values):.3f} s/round", flush=True)
+            print(f"  ratio to the limit: {statistics.median(fedsim) / statistics.median(limit):.3f}", flush=True)
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     return {
         "workload": workload,
@@ -431,6 +435,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", choices=["sent140", "shakespeare", "quickstart"])
     parser.add_argument("--rounds", type=int, default=None, help="rounds per method (default 12; shakespeare 8)")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="run the three methods in turn this many times; medians over all rounds"
+    )
     parser.add_argument("--memory", action="store_true", help="peak RSS over all Ray processes per population")
     parser.add_argument("--populations", type=int, nargs="+", default=[1000, 100_000])
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
@@ -441,7 +448,7 @@ def main() -> None:
         print(json.dumps(memory(args.populations, args.rounds or 5)))
     elif args.workload:
         rounds = args.rounds or (8 if args.workload == "shakespeare" else 12)
-        print(json.dumps(throughput(args.workload, rounds)))
+        print(json.dumps(throughput(args.workload, rounds, repeats=args.repeats)))
     else:
         parser.error("give --workload or --memory")
 
