@@ -173,8 +173,8 @@ def balanced_lanes(sizes: list[int], *, lanes: int) -> list[list[int]]:
     """Share indices per lane (at most ``lanes``, none empty): the largest share first, each
     to the lane with the fewest clients so far (ties: the first such lane); each lane's in
     share order. Which lane carries a share changes no number (results are put together in
-    share order), only how evenly the actors are busy: a round's design pool travels as one
-    large share beside many small cohort shares."""
+    share order), only how evenly the actors are busy when shares differ in size (a
+    cohort or design pool that does not split evenly over the nodes)."""
     loads = [0] * max(1, min(lanes, len(sizes)))
     shares: list[list[int]] = [[] for _ in loads]
     for index in sorted(range(len(sizes)), key=lambda i: -sizes[i]):  # stable: equal sizes in share order
